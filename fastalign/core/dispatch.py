@@ -1,0 +1,93 @@
+"""The one place that chooses between implementations. Nothing else in fastalign branches on device.
+
+    "auto"       Triton on CUDA tensors, chunked PyTorch elsewhere
+    "triton"     the Triton kernels (CUDA, or any device under TRITON_INTERPRET=1)
+    "torch"      chunked PyTorch, any device
+    "reference"  naive PyTorch that materializes the logits (the tests' ground truth)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from fastalign.core.chunked import ChunkedTorchBackend
+from fastalign.core.head import LogitTransform
+from fastalign.core.reference import reference_stats
+from fastalign.core.stats import LinearRowLossSum, LinearSoftmaxStats, RowLoss, SoftmaxStats, StatsRequest
+
+IMPLEMENTATIONS = ("auto", "triton", "torch", "reference")
+
+
+@functools.cache
+def _triton_backend():
+    from fastalign.core.triton_backend import TritonBackend
+
+    return TritonBackend()
+
+
+@functools.cache
+def _torch_backend():
+    return ChunkedTorchBackend()
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Triton compiles for CUDA; on other devices only its interpreter (TRITON_INTERPRET=1) runs it."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve(impl: str, device: torch.device) -> str:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_runs_on(device) else "torch"
+    if impl == "triton" and not triton_runs_on(device):
+        raise RuntimeError(
+            f"impl='triton' needs a CUDA device and an importable triton (or TRITON_INTERPRET=1 on CPU); "
+            f"got tensors on {device}"
+        )
+    return impl
+
+
+def _backend(impl: str):
+    return _triton_backend() if impl == "triton" else _torch_backend()
+
+
+def softmax_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    transform: LogitTransform,
+    request: StatsRequest,
+    impl: str,
+) -> SoftmaxStats:
+    """Differentiable statistics of the scored rows: hidden [M, D], targets [M] -> 4 x [M]."""
+    impl = resolve(impl, hidden.device)
+    if impl == "reference":
+        return reference_stats(hidden, weight, bias, targets, transform, request)
+    stats = LinearSoftmaxStats.apply(hidden, weight, bias, targets, transform, request, _backend(impl))
+    return SoftmaxStats(*stats)
+
+
+def row_loss_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    transform: LogitTransform,
+    request: StatsRequest,
+    row_loss: RowLoss,
+    impl: str,
+) -> torch.Tensor:
+    """``sum_rows row_loss(stats)`` (a scalar) with its gradient formed during the forward sweep."""
+    impl = resolve(impl, hidden.device)
+    if impl == "reference":
+        return row_loss(reference_stats(hidden, weight, bias, targets, transform, request)).sum()
+    return LinearRowLossSum.apply(hidden, weight, bias, targets, transform, request, row_loss, _backend(impl))

@@ -1,0 +1,101 @@
+"""Input validation and compaction of the rows that have a target.
+
+Ignored positions (prompt, padding: ``targets == ignore_index``) are dropped before any vocabulary work, so they
+cost nothing; results are scattered back with exact zeros in their place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@dataclass
+class Rows:
+    """The scored rows of a batch. hidden [M, D] and targets [M] are the rows whose target is not ignored."""
+
+    hidden: torch.Tensor
+    targets: torch.Tensor
+    index: torch.Tensor | None  # positions of the scored rows in the flattened batch; None when all are scored
+    shape: torch.Size  # the batch shape (targets.shape) results are returned in
+
+    @property
+    def num_rows(self) -> int:
+        return self.targets.shape[0]
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """[M] per-row values -> the batch shape, 0.0 at ignored positions (differentiable)."""
+        if self.index is not None:
+            values = values.new_zeros(self.shape.numel()).index_copy(0, self.index, values)
+        return values.reshape(self.shape)
+
+
+def check_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if not isinstance(hidden, torch.Tensor) or hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"hidden must be a float32/bfloat16/float16/float64 tensor, got {_describe(hidden)}")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have shape [..., D], got a scalar")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"weight must have shape [V, D], got {_describe(weight)}")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"hidden size mismatch: hidden has D={hidden.shape[-1]} (shape {tuple(hidden.shape)}) but weight has "
+            f"D={weight.shape[1]} (shape {tuple(weight.shape)})"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"hidden and weight dtypes differ: {hidden.dtype} vs {weight.dtype}; cast one of them")
+    if weight.device != hidden.device:
+        raise ValueError(f"hidden is on {hidden.device} but weight is on {weight.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape [V]=[{weight.shape[0]}], got {_describe(bias)}")
+        if bias.device != weight.device or bias.dtype != weight.dtype:
+            raise TypeError(
+                f"bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
+                f"got ({bias.dtype}, {bias.device})"
+            )
+
+
+def prepare_rows(hidden, weight, targets, bias, ignore_index: int) -> Rows:
+    """Validate the inputs and keep the rows whose target is not ``ignore_index``.
+
+    hidden [..., D], weight [V, D], targets [...] integer, bias [V] or None.
+    """
+    check_head(hidden, weight, bias)
+    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.is_complex():
+        raise TypeError(f"targets must be an integer tensor of token ids, got {_describe(targets)}")
+    if targets.dtype == torch.bool:
+        raise TypeError("targets must be an integer tensor of token ids, got a bool tensor")
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"shape mismatch: targets has shape {tuple(targets.shape)} but hidden [..., D] has leading shape "
+            f"{tuple(hidden.shape[:-1])}"
+        )
+    if targets.device != hidden.device:
+        raise ValueError(f"hidden is on {hidden.device} but targets is on {targets.device}")
+
+    vocab_size = weight.shape[0]
+    flat_targets = targets.reshape(-1).long()
+    scored = flat_targets != ignore_index
+    out_of_range = scored & ((flat_targets < 0) | (flat_targets >= vocab_size))
+    if out_of_range.any():
+        position = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"target {int(flat_targets[position])} at flattened position {position} is outside the vocabulary "
+            f"[0, {vocab_size}) and is not ignore_index={ignore_index}"
+        )
+
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    if bool(scored.all()):
+        return Rows(flat_hidden, flat_targets, None, targets.shape)
+    index = scored.nonzero().squeeze(1)
+    return Rows(flat_hidden.index_select(0, index), flat_targets.index_select(0, index), index, targets.shape)
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

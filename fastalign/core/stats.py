@@ -1,0 +1,219 @@
+"""Softmax statistics of an LM head, and the autograd functions every implementation shares.
+
+Every objective fastalign computes is a function of four per-row statistics of the softmax over the vocabulary,
+with ``z = transform(h @ W.T + b)`` the logits of one row (``transform``: see :mod:`fastalign.core.head`):
+
+    lse          = log sum_v exp(z_v)                 log-partition
+    target_logit = z_y                                logit of the row's target
+    logit_sum    = sum_v z_v                          (label smoothing)
+    mean_logit   = sum_v p_v z_v,  p = softmax(z)     (entropy = lse - mean_logit)
+
+so ``log p(y) = target_logit - lse`` and cross-entropy with smoothing eps is
+``lse - (1 - eps) * target_logit - eps / V * logit_sum``. A backend computes the statistics in one sweep over the
+vocabulary without materializing ``[rows, V]``; the losses are plain PyTorch on ``[rows]`` vectors.
+
+Backward. With upstream gradients ``c_lse, c_target, c_sum, c_mean`` (one per statistic and row), the gradient with
+respect to one logit is
+
+    dL/dz_v = c_lse * p_v + c_target * [v == y] + c_sum + c_mean * p_v * (1 + z_v - mean_logit)
+
+and ``dL/da_v = dL/dz_v * dz/da_v``; ``dh = dL/da @ W``, ``dW = dL/da.T @ h``, ``db = sum_rows dL/da``.
+
+Frozen head (only ``h`` needs a gradient, the LoRA/QLoRA case). For ``c_sum``/``c_mean`` zero,
+``dh = c_target * z'_y * W_y + c_lse * acc`` with ``acc = sum_v p_v z'_v W_v``. A backend accumulates ``acc`` in the
+same sweep that computes ``lse`` (rescaling it when the running max moves, as flash attention does), so backward is
+elementwise: 2 vocabulary-sized matmuls in all instead of 3. ``c_sum`` is covered too when there is no softcap,
+since then ``sum_v z'_v W_v = slope * sum_v W_v``.
+
+Known upstream gradient (cross-entropy with ``mean``/``sum``). The loss is ``sum_rows f(stats_row)`` for a known
+``f``, so the gradient can be formed during the forward sweep (:class:`LinearRowLossSum`), with no recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+
+from fastalign.core.head import LogitTransform
+
+
+class SoftmaxStats(NamedTuple):
+    """Per-row statistics, each float32 ``[M]``. Statistics that were not requested are zeros (or None inside a
+    backend's chunk loop)."""
+
+    lse: torch.Tensor
+    target_logit: torch.Tensor
+    logit_sum: torch.Tensor
+    mean_logit: torch.Tensor
+
+
+class StatsGrad(NamedTuple):
+    """Gradient of a loss with respect to each statistic: float32 ``[M]`` or ``None`` where it is zero."""
+
+    lse: torch.Tensor | None
+    target_logit: torch.Tensor | None
+    logit_sum: torch.Tensor | None
+    mean_logit: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """Which optional statistics a caller needs (``lse`` and ``target_logit`` are always computed)."""
+
+    logit_sum: bool = False
+    mean_logit: bool = False
+
+
+@dataclass(frozen=True)
+class GradNeeds:
+    hidden: bool
+    weight: bool
+    bias: bool
+
+    @property
+    def any(self) -> bool:
+        return self.hidden or self.weight or self.bias
+
+    @property
+    def frozen_head(self) -> bool:
+        """Only the hidden states need a gradient: the 2-matmul accumulator path applies."""
+        return self.hidden and not self.weight and not self.bias
+
+
+class Gradients(NamedTuple):
+    """float32 gradients; ``None`` where not needed. hidden ``[M, D]``, weight ``[V, D]``, bias ``[V]``."""
+
+    hidden: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
+RowLoss = Callable[[SoftmaxStats], torch.Tensor]
+"""A loss that is a sum over rows of a function of that row's statistics: returns the ``[M]`` terms to sum."""
+
+
+class Backend(Protocol):
+    """What an implementation (chunked PyTorch, Triton) provides. Inputs: hidden ``[M, D]`` (only rows with a
+    valid target), weight ``[V, D]``, bias ``[V]`` or None, targets ``[M]`` int64 in ``[0, V)``."""
+
+    def sweep(
+        self, hidden, weight, bias, targets, transform: LogitTransform, request: StatsRequest, accumulate: bool
+    ) -> tuple[SoftmaxStats, torch.Tensor | None]:
+        """Statistics, and with ``accumulate`` the frozen-head accumulator ``sum_v p_v z'_v W_v`` [M, D] fp32."""
+        ...
+
+    def gradients(
+        self, hidden, weight, bias, targets, transform: LogitTransform, stats: SoftmaxStats, grad: StatsGrad,
+        needs: GradNeeds,
+    ) -> Gradients:
+        """Recompute the logits tile by tile and form the gradients for the given statistic gradients."""
+        ...
+
+    def row_loss_sum(
+        self, hidden, weight, bias, targets, transform: LogitTransform, request: StatsRequest, row_loss: RowLoss,
+        needs: GradNeeds,
+    ) -> tuple[torch.Tensor, Gradients]:
+        """``sum_rows row_loss(stats)`` and its gradients, formed during the forward sweep where possible."""
+        ...
+
+
+def row_loss_and_grad(row_loss: RowLoss, stats: SoftmaxStats) -> tuple[torch.Tensor, StatsGrad]:
+    """Evaluate ``sum(row_loss(stats))`` and its gradient with respect to each statistic (cheap: ``[M]`` vectors)."""
+    with torch.enable_grad():
+        leaves = [None if s is None else s.detach().requires_grad_() for s in stats]
+        total = row_loss(SoftmaxStats(*leaves)).sum()
+        present = [leaf for leaf in leaves if leaf is not None]
+        grads = iter(torch.autograd.grad(total, present, allow_unused=True))
+    return total.detach(), StatsGrad(*(None if leaf is None else next(grads) for leaf in leaves))
+
+
+def gradients_via_recompute(backend, hidden, weight, bias, targets, transform, request, row_loss, needs):
+    """Default :meth:`Backend.row_loss_sum`: one statistics sweep, then one gradient sweep with known coefficients."""
+    stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=needs.frozen_head)
+    total, grad = row_loss_and_grad(row_loss, stats)
+    if acc is not None and accumulator_covers(grad, transform):
+        return total, Gradients(hidden_grad_from_accumulator(acc, weight, targets, stats, grad, transform), None, None)
+    return total, backend.gradients(hidden, weight, bias, targets, transform, stats, grad, needs)
+
+
+def accumulator_covers(grad: StatsGrad, transform: LogitTransform) -> bool:
+    """Whether the frozen-head accumulator alone gives ``dh`` for these statistic gradients."""
+    return grad.mean_logit is None and (grad.logit_sum is None or transform.softcap is None)
+
+
+def hidden_grad_from_accumulator(
+    acc: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, stats: SoftmaxStats, grad: StatsGrad,
+    transform: LogitTransform,
+) -> torch.Tensor:
+    """dh [M, D] fp32 = c_target * z'_y * W_y + c_lse * acc (+ c_sum * slope * sum_v W_v without softcap)."""
+    dh = torch.zeros_like(acc)
+    if grad.lse is not None:
+        dh.addcmul_(grad.lse.unsqueeze(1), acc)
+    if grad.target_logit is not None:
+        coeff = grad.target_logit * transform.derivative(stats.target_logit)
+        dh.addcmul_(coeff.unsqueeze(1), weight.index_select(0, targets).to(acc.dtype))
+    if grad.logit_sum is not None:
+        column_sum = weight.to(acc.dtype).sum(0) * transform.slope
+        dh.addcmul_(grad.logit_sum.unsqueeze(1), column_sum.unsqueeze(0))
+    return dh
+
+
+def _cast_gradients(grads: Gradients, hidden, weight, bias) -> tuple:
+    return (
+        None if grads.hidden is None else grads.hidden.to(hidden.dtype),
+        None if grads.weight is None else grads.weight.to(weight.dtype),
+        None if grads.bias is None else grads.bias.to(bias.dtype),
+    )
+
+
+class LinearSoftmaxStats(torch.autograd.Function):
+    """Differentiable :class:`SoftmaxStats` of ``transform(hidden @ weight.T + bias)``, computed by ``backend``."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, transform, request, backend):
+        needs = GradNeeds(*ctx.needs_input_grad[:3])
+        # The accumulator pays off only when it can serve the whole backward (see accumulator_covers).
+        accumulate = needs.frozen_head and not request.mean_logit and (
+            transform.softcap is None or not request.logit_sum
+        )
+        stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
+        ctx.transform, ctx.backend, ctx.needs = transform, backend, needs
+        ctx.set_materialize_grads(False)  # statistics no loss used arrive as None, not as zeros
+        ctx.save_for_backward(hidden, weight, bias, targets, *stats, acc)
+        unrequested = [s for s, on in zip(stats[2:], (request.logit_sum, request.mean_logit)) if not on]
+        ctx.mark_non_differentiable(*unrequested)
+        return stats
+
+    @staticmethod
+    def backward(ctx, *stat_grads):
+        hidden, weight, bias, targets, *saved_stats, acc = ctx.saved_tensors
+        stats = SoftmaxStats(*saved_stats)
+        grad = StatsGrad(*(None if g is None else g.to(stats.lse.dtype) for g in stat_grads))
+        if acc is not None:
+            dh = hidden_grad_from_accumulator(acc, weight, targets, stats, grad, ctx.transform)
+            grads = Gradients(dh, None, None)
+        else:
+            grads = ctx.backend.gradients(hidden, weight, bias, targets, ctx.transform, stats, grad, ctx.needs)
+        return (*_cast_gradients(grads, hidden, weight, bias), None, None, None, None)
+
+
+class LinearRowLossSum(torch.autograd.Function):
+    """``sum_rows row_loss(stats)`` as a scalar, with gradients formed in the forward sweep."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, transform, request, row_loss, backend):
+        needs = GradNeeds(*ctx.needs_input_grad[:3])
+        total, grads = backend.row_loss_sum(hidden, weight, bias, targets, transform, request, row_loss, needs)
+        grads = _cast_gradients(grads, hidden, weight, bias)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+        ctx.present = [g is not None for g in grads]
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        scaled = [g * grad_total if present else None for g, present in zip(ctx.saved_tensors, ctx.present)]
+        return (*scaled, None, None, None, None, None)
+
