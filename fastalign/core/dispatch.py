@@ -1,9 +1,9 @@
 """The one place that chooses between implementations. Nothing else in fastalign branches on device.
 
-    "auto"       Triton on CUDA tensors, chunked PyTorch elsewhere
-    "triton"     the Triton kernels (CUDA, or any device under TRITON_INTERPRET=1)
-    "torch"      chunked PyTorch, any device
-    "reference"  naive PyTorch that materializes the logits (the tests' ground truth)
+"auto"       Triton on CUDA tensors, chunked PyTorch elsewhere
+"triton"     the Triton kernels (CUDA, or any device under TRITON_INTERPRET=1)
+"torch"      chunked PyTorch, any device
+"reference"  naive PyTorch that materializes the logits (the tests' ground truth)
 """
 
 from __future__ import annotations

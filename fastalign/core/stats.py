@@ -100,20 +100,41 @@ class Backend(Protocol):
     valid target), weight ``[V, D]``, bias ``[V]`` or None, targets ``[M]`` int64 in ``[0, V)``."""
 
     def sweep(
-        self, hidden, weight, bias, targets, transform: LogitTransform, request: StatsRequest, accumulate: bool
+        self,
+        hidden,
+        weight,
+        bias,
+        targets,
+        transform: LogitTransform,
+        request: StatsRequest,
+        accumulate: bool,
     ) -> tuple[SoftmaxStats, torch.Tensor | None]:
         """Statistics, and with ``accumulate`` the frozen-head accumulator ``sum_v p_v z'_v W_v`` [M, D] fp32."""
         ...
 
     def gradients(
-        self, hidden, weight, bias, targets, transform: LogitTransform, stats: SoftmaxStats, grad: StatsGrad,
+        self,
+        hidden,
+        weight,
+        bias,
+        targets,
+        transform: LogitTransform,
+        stats: SoftmaxStats,
+        grad: StatsGrad,
         needs: GradNeeds,
     ) -> Gradients:
         """Recompute the logits tile by tile and form the gradients for the given statistic gradients."""
         ...
 
     def row_loss_sum(
-        self, hidden, weight, bias, targets, transform: LogitTransform, request: StatsRequest, row_loss: RowLoss,
+        self,
+        hidden,
+        weight,
+        bias,
+        targets,
+        transform: LogitTransform,
+        request: StatsRequest,
+        row_loss: RowLoss,
         needs: GradNeeds,
     ) -> tuple[torch.Tensor, Gradients]:
         """``sum_rows row_loss(stats)`` and its gradients, formed during the forward sweep where possible."""
@@ -145,7 +166,11 @@ def accumulator_covers(grad: StatsGrad, transform: LogitTransform) -> bool:
 
 
 def hidden_grad_from_accumulator(
-    acc: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, stats: SoftmaxStats, grad: StatsGrad,
+    acc: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    stats: SoftmaxStats,
+    grad: StatsGrad,
     transform: LogitTransform,
 ) -> torch.Tensor:
     """dh [M, D] fp32 = c_target * z'_y * W_y + c_lse * acc (+ c_sum * slope * sum_v W_v without softcap)."""
@@ -176,8 +201,8 @@ class LinearSoftmaxStats(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, transform, request, backend):
         needs = GradNeeds(*ctx.needs_input_grad[:3])
         # The accumulator pays off only when it can serve the whole backward (see accumulator_covers).
-        accumulate = needs.frozen_head and not request.mean_logit and (
-            transform.softcap is None or not request.logit_sum
+        accumulate = (
+            needs.frozen_head and not request.mean_logit and (transform.softcap is None or not request.logit_sum)
         )
         stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
         ctx.transform, ctx.backend, ctx.needs = transform, backend, needs
@@ -216,4 +241,3 @@ class LinearRowLossSum(torch.autograd.Function):
     def backward(ctx, grad_total):
         scaled = [g * grad_total if present else None for g, present in zip(ctx.saved_tensors, ctx.present)]
         return (*scaled, None, None, None, None, None)
-

@@ -1,0 +1,5 @@
+import sys
+
+from fastalign.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""linear_logprobs against the float64 reference: values, lse, entropy and gradients on every implementation."""
+
+import pytest
+import torch
+
+import fastalign
+from fastalign.core import chunked
+from fastalign.core.stats import LinearSoftmaxStats
+from tests.head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
+
+TRANSFORMS = [
+    pytest.param({}, id="plain"),
+    pytest.param({"softcap": 3.0}, id="softcap"),
+    pytest.param({"logit_scale": 0.7, "temperature": 1.3}, id="scale-temperature"),
+    pytest.param({"softcap": 5.0, "logit_scale": 1.5, "temperature": 0.8}, id="all-transforms"),
+]
+
+
+def run_logprobs(inputs, impl, **options):
+    return fastalign.linear_logprobs(
+        inputs.hidden, inputs.weight, inputs.targets, bias=inputs.bias, impl=impl, **options
+    )
+
+
+@pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_logprobs_and_gradients_match_reference(impl, device, transform, frozen, bias):
+    inputs = make_inputs((37,), 31, 203, device=device, bias=bias, frozen=frozen)
+    reference = inputs.as_float64()
+    upstream = torch.randn(37, device=device)
+
+    logp = run_logprobs(inputs, impl, **transform)
+    expected = run_logprobs(reference, "reference", **transform)
+    assert logp.dtype == torch.float32
+    assert_close(logp, expected, TOLERANCE[torch.float32], "logp")
+    assert (logp[inputs.targets == -100] == 0.0).all(), "ignored positions must be exactly 0.0"
+    for name, got, want in zip(
+        ("hidden", "weight", "bias"),
+        grads_of(logp, inputs, upstream),
+        grads_of(expected, reference, upstream),
+    ):
+        assert_close(got, want, TOLERANCE[torch.float32], f"d logp / d {name}")
+
+
+@pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
+@pytest.mark.parametrize("transform", TRANSFORMS[:2])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_lse_and_entropy_with_gradients(impl, device, transform, frozen):
+    inputs = make_inputs((2, 19), 24, 150, device=device, bias=True, frozen=frozen)
+    reference = inputs.as_float64()
+    weights = [torch.randn(2, 19, device=device) for _ in range(3)]
+
+    def combined(x, which):
+        logp, lse, entropy = run_logprobs(x, which, return_lse=True, return_entropy=True, **transform)
+        return logp, lse, entropy, logp * weights[0] + lse * weights[1] + entropy * weights[2]
+
+    *values, total = combined(inputs, impl)
+    *expected_values, expected_total = combined(reference, "reference")
+    for name, got, want in zip(("logp", "lse", "entropy"), values, expected_values):
+        assert got.shape == (2, 19)
+        assert_close(got, want, TOLERANCE[torch.float32], name)
+    for got, want in zip(grads_of(total, inputs), grads_of(expected_total, reference)):
+        assert_close(got, want, TOLERANCE[torch.float32], "gradient of logp + lse + entropy")
+
+
+def test_entropy_and_logp_equal_textbook_formulas():
+    """The reference itself, checked against log_softmax on materialized logits (independent formulas)."""
+    inputs = make_inputs((23,), 16, 97, bias=True, ignored_fraction=0.0).as_float64()
+    logp, lse, entropy = run_logprobs(inputs, "reference", return_lse=True, return_entropy=True, softcap=2.0)
+    logits = 2.0 * torch.tanh((inputs.hidden @ inputs.weight.T + inputs.bias) / 2.0)
+    log_probs = torch.log_softmax(logits, -1)
+    assert_close(logp, log_probs.gather(1, inputs.targets[:, None]).squeeze(1), 1e-12, "logp")
+    assert_close(lse, torch.logsumexp(logits, -1), 1e-12, "lse")
+    assert_close(entropy, -(log_probs.exp() * log_probs).sum(-1), 1e-12, "entropy")
+
+
+@pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
+@pytest.mark.parametrize("shape,dim,vocab", [((1,), 31, 203), ((3, 5), 16, 17), ((64,), 33, 255)])
+def test_odd_shapes(impl, device, shape, dim, vocab):
+    inputs = make_inputs(shape, dim, vocab, device=device, ignored_fraction=0.1)
+    reference = inputs.as_float64()
+    logp, expected = run_logprobs(inputs, impl), run_logprobs(reference, "reference")
+    assert logp.shape == shape
+    assert_close(logp, expected, TOLERANCE[torch.float32], "logp")
+    for got, want in zip(grads_of(logp, inputs), grads_of(expected, reference)):
+        assert_close(got, want, TOLERANCE[torch.float32], "gradient")
+
+
+@pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_all_targets_ignored_gives_zeros_and_zero_gradients(impl, device, frozen):
+    inputs = make_inputs((4, 6), 16, 40, device=device, bias=True, frozen=frozen, ignored_fraction=1.0)
+    logp, lse, entropy = run_logprobs(inputs, impl, return_lse=True, return_entropy=True)
+    for value in (logp, lse, entropy):
+        assert value.shape == (4, 6) and (value == 0).all()
+    for grad in grads_of(logp + lse + entropy, inputs):
+        assert grad is not None and torch.isfinite(grad).all() and (grad == 0).all()
+
+
+@pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_half_precision_inputs(impl, device, dtype, frozen):
+    inputs = make_inputs((48,), 32, 160, dtype=dtype, device=device, bias=True, frozen=frozen)
+    reference = inputs.as_float64()
+    logp, expected = (
+        run_logprobs(inputs, impl, softcap=6.0),
+        run_logprobs(reference, "reference", softcap=6.0),
+    )
+    assert logp.dtype == torch.float32
+    assert_close(logp, expected, TOLERANCE[dtype], f"{dtype} logp")
+    for got, want in zip(grads_of(logp, inputs), grads_of(expected, reference)):
+        assert got.dtype == dtype
+        assert_close(got, want, TOLERANCE[dtype], f"{dtype} gradient")
+
+
+@pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
+def test_large_magnitude_logits_stay_finite_and_exact(impl, device):
+    """Logits of size ~1e4: the online max keeps exp() in range; log-probs of non-argmax targets are ~ -1e4."""
+    inputs = make_inputs((32,), 16, 64, device=device, logit_size=1e4, ignored_fraction=0.0)
+    reference = inputs.as_float64()
+    logp, expected = run_logprobs(inputs, impl), run_logprobs(reference, "reference")
+    assert torch.isfinite(logp).all()
+    # fp32 logits of size 1e4 are themselves only exact to ~1e4 * 2^-24 * sqrt(D) per term.
+    assert_close(logp, expected, 1e-5, "logp at large magnitude")
+    for got, want in zip(grads_of(logp, inputs), grads_of(expected, reference)):
+        assert_close(got, want, 1e-5, "gradient at large magnitude")
+
+
+def test_frozen_head_backward_is_elementwise(monkeypatch):
+    """Frozen head: backward uses the accumulator from the forward sweep and never recomputes the logits."""
+    inputs = make_inputs((40,), 16, 120, bias=True, frozen=True)
+    calls = []
+    original = chunked.ChunkedTorchBackend.gradients
+    monkeypatch.setattr(chunked.ChunkedTorchBackend, "gradients", lambda *a, **k: calls.append(1) or original(*a, **k))
+    logp = run_logprobs(inputs, "torch", softcap=4.0)
+    reference = inputs.as_float64()
+    (got,) = grads_of(logp, inputs)
+    (want,) = grads_of(run_logprobs(reference, "reference", softcap=4.0), reference)
+    assert_close(got, want, TOLERANCE[torch.float32], "frozen-head gradient")
+    assert calls == [], "the frozen-head path recomputed the logits in backward"
+
+    # Entropy's gradient is not covered by the accumulator: that case recomputes, and is still exact.
+    logp, _, entropy = run_logprobs(inputs, "torch", return_entropy=True)
+    grads_of(logp + entropy, inputs)
+    assert calls == [1]
+
+
+def test_chunking_bounds_memory_and_matches_single_chunk():
+    """Chunks of 8 rows (many chunks, a ragged last one) give the same result as one chunk."""
+    inputs = make_inputs((61,), 16, 100, bias=True)
+    small = chunked.ChunkedTorchBackend(chunk_bytes=8 * 4 * 100)
+    assert small.rows_per_chunk(100) == 8
+    from fastalign.core.head import LogitTransform
+    from fastalign.core.stats import StatsRequest
+
+    keep = inputs.targets != -100
+    args = (
+        inputs.hidden[keep],
+        inputs.weight,
+        inputs.bias,
+        inputs.targets[keep],
+        LogitTransform(),
+        StatsRequest(logit_sum=True, mean_logit=True),
+    )
+    many = LinearSoftmaxStats.apply(*args, small)
+    one = LinearSoftmaxStats.apply(*args, chunked.ChunkedTorchBackend(chunk_bytes=1 << 30))
+    for a, b in zip(many, one):
+        assert_close(a, b, 1e-6, "chunked statistic")
