@@ -153,11 +153,18 @@ def row_loss_and_grad(row_loss: RowLoss, stats: SoftmaxStats) -> tuple[torch.Ten
 
 def gradients_via_recompute(backend, hidden, weight, bias, targets, transform, request, row_loss, needs):
     """Default :meth:`Backend.row_loss_sum`: one statistics sweep, then one gradient sweep with known coefficients."""
-    stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=needs.frozen_head)
+    accumulate = accumulator_pays_off(needs, request, transform)
+    stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
     total, grad = row_loss_and_grad(row_loss, stats)
     if acc is not None and accumulator_covers(grad, transform):
         return total, Gradients(hidden_grad_from_accumulator(acc, weight, targets, stats, grad, transform), None, None)
     return total, backend.gradients(hidden, weight, bias, targets, transform, stats, grad, needs)
+
+
+def accumulator_pays_off(needs: GradNeeds, request: StatsRequest, transform: LogitTransform) -> bool:
+    """Build the frozen-head accumulator only when it can serve the whole backward (see accumulator_covers): a
+    requested mean_logit, or a logit_sum under a softcap, would need the recompute path anyway."""
+    return needs.frozen_head and not request.mean_logit and (transform.softcap is None or not request.logit_sum)
 
 
 def accumulator_covers(grad: StatsGrad, transform: LogitTransform) -> bool:
@@ -200,10 +207,7 @@ class LinearSoftmaxStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, transform, request, backend):
         needs = GradNeeds(*ctx.needs_input_grad[:3])
-        # The accumulator pays off only when it can serve the whole backward (see accumulator_covers).
-        accumulate = (
-            needs.frozen_head and not request.mean_logit and (transform.softcap is None or not request.logit_sum)
-        )
+        accumulate = accumulator_pays_off(needs, request, transform)
         stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
         ctx.transform, ctx.backend, ctx.needs = transform, backend, needs
         ctx.set_materialize_grads(False)  # statistics no loss used arrive as None, not as zeros

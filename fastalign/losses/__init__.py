@@ -4,6 +4,9 @@ Each objective's math lives in one file (``dpo.py``, ``orpo.py``, ``kto.py``, ``
 ``*_terms`` function of tensors and plain scalars; the public ``*_loss`` function validates its inputs and reaches
 that math through ``_dispatch.call``, the single point where a compiled implementation can take over.
 Metrics are dicts of detached 0-dim float32 tensors named as in TRL's trainers.
+
+The fused modules (hidden states + LM head in, no logits in memory) are in ``fastalign.losses.fused``; they are not
+imported here because they build on ``fastalign.sequence_logprobs``, which itself dispatches through this package.
 """
 
 from fastalign.losses.cpo import CPO_LOSS_TYPES, CPO_METRICS, cpo_loss

@@ -1,9 +1,11 @@
 """The one place where a loss head chooses its implementation.
 
 Every public head (``dpo_loss``, ``orpo_loss``, ... and ``fastalign.sequence_logprobs``) validates its inputs,
-normalises its options into tensors and plain scalars, and then calls ``call(name, torch_impl, *args)``. Today
-``call`` runs the PyTorch implementation; a compiled extension registers ``torch.ops.fastalign.<name>`` with the
-exact positional signature below and ``call`` routes to it. Nothing else in the package picks an implementation.
+normalises its options into tensors and plain scalars, and then calls ``call(name, torch_impl, *args)``. The
+compiled extension (``csrc/``, loaded by ``fastalign.ext``) registers ``torch.ops.fastalign.<name>`` with the
+exact positional signature below; ``call`` routes to it when ``FASTALIGN_EXT`` allows (1 = required, 0 = never,
+unset = when it builds) and it has a kernel for the inputs' device, and runs the PyTorch implementation otherwise.
+Nothing else in the package picks an implementation.
 
 Contract (all tensors on one device; ``f32`` = float32, ``B`` = batch, ``S`` = sequences). Each op returns
 ``(loss, metrics)``: ``loss`` a 0-dim f32 tensor differentiable w.r.t. the float inputs marked (grad), ``metrics``
@@ -48,6 +50,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fastalign import ext
+
 
 def call(name: str, torch_impl: Callable, *args):
     """Run the op ``name`` on ``args``.
@@ -60,6 +64,8 @@ def call(name: str, torch_impl: Callable, *args):
     Returns:
         Whatever the op returns (see the contract).
     """
+    if ext.handles(name, args):
+        return getattr(torch.ops.fastalign, name)(*args)
     return torch_impl(*args)
 
 

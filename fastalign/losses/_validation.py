@@ -50,9 +50,7 @@ def per_sequence_float32(**named: torch.Tensor) -> list[torch.Tensor]:
         if value.dim() != 1:
             raise ValueError(f"{name} must be 1-D [B] (one value per sequence), got shape {tuple(value.shape)}")
         if value.shape != first.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(value.shape)} but {first_name} has shape {tuple(first.shape)}"
-            )
+            raise ValueError(f"{name} has shape {tuple(value.shape)} but {first_name} has shape {tuple(first.shape)}")
         if value.device != first.device:
             raise ValueError(f"{name} is on {value.device} but {first_name} is on {first.device}")
     if first.shape[0] == 0:

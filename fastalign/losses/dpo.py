@@ -112,9 +112,7 @@ def dpo_terms(
         # m = sigma(x / tau):  -s(x) (1 - m) + e^-x m
         # with 1 - m = sigma(-x / tau) and e^-x m = exp(-x + s(x / tau)); the exponent is <= x (1/tau - 1) for
         # x < 0 and <= -x for x > 0, so it cannot overflow when tau <= 1.
-        losses = -F.logsigmoid(x) * torch.sigmoid(-x / discopop_tau) + torch.exp(
-            -x + F.logsigmoid(x / discopop_tau)
-        )
+        losses = -F.logsigmoid(x) * torch.sigmoid(-x / discopop_tau) + torch.exp(-x + F.logsigmoid(x / discopop_tau))
     loss = losses.mean()
 
     r_c, r_r = r_c.detach(), r_r.detach()

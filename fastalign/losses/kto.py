@@ -84,9 +84,7 @@ def kto_kl(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.T
     Returns:
         float32 0-dim tensor, detached.
     """
-    policy_kl_logps, ref_kl_logps = per_sequence_float32(
-        policy_kl_logps=policy_kl_logps, ref_kl_logps=ref_kl_logps
-    )
+    policy_kl_logps, ref_kl_logps = per_sequence_float32(policy_kl_logps=policy_kl_logps, ref_kl_logps=ref_kl_logps)
     return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
 
 

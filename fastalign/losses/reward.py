@@ -33,11 +33,14 @@ def bradley_terry_terms(
     """
     # -mean s(r_c - r_r - margin) + c mean((r_c + r_r)^2)
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
-    loss = loss + center_rewards_coefficient * ((chosen_rewards + rejected_rewards) ** 2).mean()
+    if center_rewards_coefficient:  # skipped at 0, where 0 * inf would turn huge rewards into a NaN loss
+        loss = loss + center_rewards_coefficient * ((chosen_rewards + rejected_rewards) ** 2).mean()
 
     r_c, r_r = chosen_rewards.detach(), rejected_rewards.detach()
     rewards = torch.cat([r_c, r_r])
-    metrics = torch.stack([(r_c > r_r).float().mean(), (r_c - r_r).mean(), rewards.mean(), rewards.min(), rewards.max()])
+    metrics = torch.stack(
+        [(r_c > r_r).float().mean(), (r_c - r_r).mean(), rewards.mean(), rewards.min(), rewards.max()]
+    )
     return loss, metrics
 
 
