@@ -1,0 +1,85 @@
+"""Load a causal LM and its tokenizer for training: dtype, bitsandbytes quantization, LoRA, checkpointing.
+
+``load_model`` returns the model the trainer optimizes:
+
+- full fine-tuning (``lora: null``): every parameter trains, the LM head included;
+- LoRA: adapters on ``target_modules``, everything else frozen — the LM head too, so the fused loss takes its
+  frozen-head path (2 vocabulary matmuls instead of 3, no ``[V, D]`` gradient);
+- QLoRA (``quantization: nf4``): the base weights are 4-bit NormalFloat with double quantization and
+  ``compute_dtype = dtype`` (bitsandbytes), prepared with ``peft.prepare_model_for_kbit_training``, then LoRA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from fastalign.config import ModelConfig
+from fastalign.lm_head import lm_head_of
+
+
+def load_tokenizer(config: ModelConfig):
+    """The tokenizer of ``config.tokenizer`` (default: the model's), with a pad token (EOS if it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: ModelConfig) -> PreTrainedModel:
+    """The model to train, as described in the module docstring; PEFT-wrapped when ``config.lora`` is set."""
+    if config.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise RuntimeError("model.attn_implementation is flash_attention_2 but flash-attn is not installed")
+    dtype = getattr(torch, config.dtype)
+    quantization = {
+        "nf4": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        ),
+        "int8": BitsAndBytesConfig(load_in_8bit=True),
+        "none": None,
+    }[config.quantization]
+    model = AutoModelForCausalLM.from_pretrained(
+        config.name_or_path,
+        dtype=dtype,
+        quantization_config=quantization,
+        attn_implementation=config.attn_implementation,
+        # bitsandbytes quantizes while loading onto this process's device; unquantized models are moved by Trainer.
+        device_map=None if quantization is None else {"": _local_device()},
+    )
+    model.config.use_cache = False
+    checkpointing = {"use_reentrant": False}
+    if quantization is not None:
+        import peft
+
+        model = peft.prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if config.lora is not None:
+        import peft
+
+        lora = peft.LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = peft.get_peft_model(model, lora)
+    lm_head_of(model)  # fails now, not at the first step, if the head cannot take the fused loss (e.g. LoRA on it)
+    return model
+
+
+def _local_device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
