@@ -1,9 +1,15 @@
 """Chunked PyTorch implementation of the softmax statistics: runs on any device.
 
-Rows are processed in chunks of ``rows_per_chunk(V)`` so that at most two ``[chunk, V]`` float32 buffers exist at
-a time (the logits and the probabilities/gradient), whatever the number of rows: extra memory is O(M * D) plus a
-bounded chunk. Matmuls run in the input dtype (tensor cores for bf16/fp16 on GPU); everything after them is float32.
+Two tilings, both with O(M * D) extra memory plus one bounded buffer, whatever M and V:
 
+- The statistics sweep (and the frozen-head accumulator) walks the *vocabulary* in tiles ``[M, tile]`` with an
+  online softmax: running max ``m``, running sum ``l``, and ``acc = sum_v exp(z_v - m) z'_v W_v`` rescaled by
+  ``exp(m_old - m_new)`` whenever the max moves (flash attention's trick). Each W tile is read once and stays in
+  cache while all rows stream past it.
+- Gradients of a trainable head walk the *rows* in chunks ``[chunk, V]``: a chunk's full softmax is known, so its
+  ``dL/da`` is formed once and feeds both ``dh = G @ W`` and ``dW += G.T @ h``.
+
+Matmuls run in the input dtype (tensor cores for bf16/fp16 on GPU); everything after them is float32.
 Matmul count per call, V-sized (the cost that matters):
     frozen head, any loss      forward: logits + accumulator          backward: none (elementwise)   = 2
     trainable head, row loss   forward: logits + dh + dW               backward: none (scaling)       = 3
@@ -22,17 +28,33 @@ from fastalign.core.stats import (
     SoftmaxStats,
     StatsGrad,
     StatsRequest,
+    accumulator_pays_off,
+    gradients_via_recompute,
     row_loss_and_grad,
 )
 
-DEFAULT_CHUNK_BYTES = 64 << 20
-"""One ``[chunk, V]`` float32 buffer: 64 MiB measured fastest on a 2-core x86 CPU at V=32000, D=1024 (chunks of
-512 rows keep the matmul efficient while the softmax passes stay cache-friendly); see benchmarks/."""
+DEFAULT_CHUNK_BYTES = 32 << 20
+"""One ``[chunk, V]`` float32 buffer of the row-chunked gradient pass (two exist at a time). At V=32000, D=1024 on
+a 2-core x86 CPU, 256-row chunks keep the matmuls efficient and the trainable-head peak below torch's own chunked
+linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
+
+DEFAULT_TILE_BYTES = 16 << 20
+"""One ``[M, tile]`` float32 buffer of the vocabulary sweep (two exist at a time)."""
+
+LAZY_RESCALE = 8.0
+"""How far (in nats) a tile's max may exceed the running reference max before the sweep rescales to it."""
+
+MIN_TILE = 256
+"""Narrowest vocabulary tile: below it the per-tile rescaling of the accumulator outweighs the matmul."""
 
 
 class ChunkedTorchBackend:
-    def __init__(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, tile_bytes: int = DEFAULT_TILE_BYTES):
         self.chunk_bytes = chunk_bytes
+        self.tile_bytes = tile_bytes
+
+    def vocab_tile(self, num_rows: int, vocab_size: int) -> int:
+        return min(vocab_size, max(MIN_TILE, self.tile_bytes // (4 * max(num_rows, 1))))
 
     def rows_per_chunk(self, vocab_size: int) -> int:
         return max(1, self.chunk_bytes // (4 * vocab_size))
@@ -47,17 +69,51 @@ class ChunkedTorchBackend:
             yield slice(start, min(start + step, num_rows)), workspace
 
     def sweep(self, hidden, weight, bias, targets, transform, request, accumulate):
-        num_rows, dim = hidden.shape
-        stats = _empty_stats(num_rows, hidden.device, _stats_dtype(hidden))
-        acc = hidden.new_empty(num_rows, dim, dtype=stats.lse.dtype) if accumulate else None
-        for rows, workspace in self._chunks(hidden, weight.shape[0]):
-            logits = _logits(hidden[rows], weight, bias, transform, workspace.logits(rows))
-            chunk_stats, probs = _softmax_stats(logits, targets[rows], request, workspace.probs(rows))
-            _store(stats, rows, chunk_stats)
+        """One online-softmax pass over vocabulary tiles (see the module docstring)."""
+        (num_rows, dim), vocab_size = hidden.shape, weight.shape[0]
+        dtype = _stats_dtype(hidden)
+        row_max = hidden.new_full((num_rows,), float("-inf"), dtype=dtype)
+        partition = hidden.new_zeros(num_rows, dtype=dtype)  # l = sum_v exp(z_v - m)
+        stats = _empty_stats(num_rows, hidden.device, dtype)
+        weighted_sum = hidden.new_zeros(num_rows, dtype=dtype)  # sum_v exp(z_v - m) z_v (mean_logit numerator)
+        acc = hidden.new_zeros(num_rows, dim, dtype=dtype) if accumulate else None
+        if num_rows == 0:
+            return stats, acc
+        tile = self.vocab_tile(num_rows, vocab_size)
+        # Flat buffers, viewed as contiguous [M, width] per tile (the last tile is narrower).
+        logits_buffer = hidden.new_empty(num_rows * tile, dtype=dtype)
+        exp_buffer = hidden.new_empty(num_rows * tile, dtype=dtype)
+        for start in range(0, vocab_size, tile):
+            cols = slice(start, min(start + tile, vocab_size))
+            width = cols.stop - cols.start
+            tile_bias = None if bias is None else bias[cols]
+            logits = _logits(
+                hidden, weight[cols], tile_bias, transform, logits_buffer[: num_rows * width].view(num_rows, width)
+            )
+            _pick_targets_(stats.target_logit, logits, targets, cols)
+            if request.logit_sum:
+                stats.logit_sum.add_(logits.sum(1))
+            # Lazy rescaling: the reference max moves only when a tile's max exceeds it by LAZY_RESCALE, so after
+            # the first tile the [M, D] accumulator is almost never rescaled (exp(z - m) <= e^8 stays safe).
+            tile_max = logits.amax(1)
+            new_max = torch.where(tile_max > row_max + LAZY_RESCALE, tile_max, row_max)
+            rescale = torch.exp(row_max - new_max)  # 0 on the first tile, where row_max = -inf
+            exps = torch.sub(logits, new_max.unsqueeze(1), out=exp_buffer[: num_rows * width].view(num_rows, width))
+            exps.exp_()
+            partition.mul_(rescale).add_(exps.sum(1))
+            if request.mean_logit:
+                weighted_sum.mul_(rescale).add_(torch.linalg.vecdot(exps, logits))
             if accumulate:
-                # acc = sum_v p_v z'_v W_v: the frozen-head gradient of every statistic but mean_logit.
-                _apply_derivative_(probs, logits, transform)
-                acc[rows] = _matmul(probs, weight)
+                _apply_derivative_(exps, logits, transform)
+                if start > 0 and bool((rescale != 1.0).any()):
+                    acc.mul_(rescale.unsqueeze(1))
+                _add_matmul_(acc, exps, weight[cols])
+            row_max = new_max
+        stats.lse.copy_(row_max + partition.log())
+        if request.mean_logit:
+            stats.mean_logit.copy_(weighted_sum / partition)
+        if accumulate:
+            acc.div_(partition.unsqueeze(1))
         return stats, acc
 
     def gradients(self, hidden, weight, bias, targets, transform, stats, grad, needs):
@@ -73,6 +129,9 @@ class ChunkedTorchBackend:
         return grads
 
     def row_loss_sum(self, hidden, weight, bias, targets, transform, request, row_loss: RowLoss, needs: GradNeeds):
+        if not needs.any or accumulator_pays_off(needs, request, transform):
+            # Frozen head: the vocabulary sweep with its accumulator is 2 matmuls and needs no [chunk, V] buffers.
+            return gradients_via_recompute(self, hidden, weight, bias, targets, transform, request, row_loss, needs)
         grads = _zero_gradients(hidden, weight, bias, needs)
         total = hidden.new_zeros((), dtype=_stats_dtype(hidden))
         for rows, workspace in self._chunks(hidden, weight.shape[0]):
@@ -108,12 +167,6 @@ def _empty_stats(num_rows: int, device, dtype) -> SoftmaxStats:
     return SoftmaxStats(*(torch.zeros(num_rows, device=device, dtype=dtype) for _ in SoftmaxStats._fields))
 
 
-def _store(stats: SoftmaxStats, rows: slice, chunk: SoftmaxStats) -> None:
-    for full, part in zip(stats, chunk):
-        if part is not None:
-            full[rows] = part
-
-
 def _logits(hidden, weight, bias, transform: LogitTransform, out: torch.Tensor) -> torch.Tensor:
     """z [n, V] float32 (float64 for float64 inputs) of a chunk of rows, written into ``out``."""
     if hidden.dtype == out.dtype:
@@ -141,6 +194,13 @@ def _softmax_stats(logits: torch.Tensor, targets, request: StatsRequest, out: to
     probs = log_probs.exp_()
     mean_logit = torch.linalg.vecdot(probs, logits) if request.mean_logit else None
     return SoftmaxStats(lse, target_logit, logit_sum, mean_logit), probs
+
+
+def _pick_targets_(target_logit: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, cols: slice) -> None:
+    """target_logit[i] = z[i, y_i] for the rows whose target falls in this vocabulary tile."""
+    rows = ((targets >= cols.start) & (targets < cols.stop)).nonzero().squeeze(1)
+    if rows.numel():
+        target_logit[rows] = logits[rows, targets[rows] - cols.start]
 
 
 def _logit_grad_(probs, logits, targets, transform: LogitTransform, stats: SoftmaxStats, grad: StatsGrad):
@@ -179,6 +239,14 @@ def _apply_derivative_(values: torch.Tensor, logits: torch.Tensor, transform: Lo
 def _matmul(logit_grad: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """logit_grad [n, V] (float32) @ matrix [V, D] in the matrix dtype, returned in float32."""
     return (logit_grad.to(matrix.dtype) @ matrix).to(logit_grad.dtype)
+
+
+def _add_matmul_(out: torch.Tensor, logit_grad: torch.Tensor, matrix: torch.Tensor) -> None:
+    """out += logit_grad @ matrix, in place (no temporary when the dtypes agree)."""
+    if logit_grad.dtype == matrix.dtype:
+        out.addmm_(logit_grad, matrix)
+    else:
+        out.add_(_matmul(logit_grad, matrix))
 
 
 def _zero_gradients(hidden, weight, bias, needs: GradNeeds) -> Gradients:

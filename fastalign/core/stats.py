@@ -156,6 +156,8 @@ def gradients_via_recompute(backend, hidden, weight, bias, targets, transform, r
     accumulate = accumulator_pays_off(needs, request, transform)
     stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
     total, grad = row_loss_and_grad(row_loss, stats)
+    if not needs.any:
+        return total, Gradients(None, None, None)
     if acc is not None and accumulator_covers(grad, transform):
         return total, Gradients(hidden_grad_from_accumulator(acc, weight, targets, stats, grad, transform), None, None)
     return total, backend.gradients(hidden, weight, bias, targets, transform, stats, grad, needs)
