@@ -148,24 +148,31 @@ def test_frozen_head_backward_is_elementwise(monkeypatch):
     assert calls == [1]
 
 
-def test_chunking_bounds_memory_and_matches_single_chunk():
-    """Chunks of 8 rows (many chunks, a ragged last one) give the same result as one chunk."""
-    inputs = make_inputs((61,), 16, 100, bias=True)
-    small = chunked.ChunkedTorchBackend(chunk_bytes=8 * 4 * 100)
-    assert small.rows_per_chunk(100) == 8
+def test_tiles_and_chunks_match_one_block():
+    """Vocabulary tiles of 256 columns and row chunks of 8 rows (ragged last ones) give the results of one block."""
     from fastalign.core.head import LogitTransform
-    from fastalign.core.stats import StatsRequest
+    from fastalign.core.stats import LinearRowLossSum, StatsRequest
 
+    inputs = make_inputs((61,), 16, 700, bias=True)
+    small = chunked.ChunkedTorchBackend(chunk_bytes=8 * 4 * 700, tile_bytes=1)
+    one = chunked.ChunkedTorchBackend(chunk_bytes=1 << 30, tile_bytes=1 << 30)
+    assert small.rows_per_chunk(700) == 8 and small.vocab_tile(61, 700) == chunked.MIN_TILE
     keep = inputs.targets != -100
-    args = (
-        inputs.hidden[keep],
-        inputs.weight,
-        inputs.bias,
-        inputs.targets[keep],
-        LogitTransform(),
-        StatsRequest(logit_sum=True, mean_logit=True),
-    )
-    many = LinearSoftmaxStats.apply(*args, small)
-    one = LinearSoftmaxStats.apply(*args, chunked.ChunkedTorchBackend(chunk_bytes=1 << 30))
-    for a, b in zip(many, one):
-        assert_close(a, b, 1e-6, "chunked statistic")
+    transform, request = LogitTransform(softcap=5.0), StatsRequest(logit_sum=True, mean_logit=True)
+
+    def row_loss(stats):
+        return stats.lse - stats.target_logit + 0.1 * stats.logit_sum / 700 + 0.01 * stats.mean_logit
+
+    for backend_args in ((), (row_loss,)):
+        function = LinearRowLossSum if backend_args else LinearSoftmaxStats
+        results = []
+        for backend in (small, one):
+            args = (inputs.hidden[keep], inputs.weight, inputs.bias, inputs.targets[keep], transform, request)
+            out = function.apply(*args, *backend_args, backend)
+            total = out.sum() if backend_args else sum(s.sum() * w for s, w in zip(out, (1.0, -1.0, 0.1, 0.3)))
+            results.append((out, grads_of(total, inputs)))
+        (a, grads_a), (b, grads_b) = results
+        for x, y in zip(a if isinstance(a, tuple) else [a], b if isinstance(b, tuple) else [b]):
+            assert_close(x, y, 1e-6, "tiled statistic")
+        for x, y in zip(grads_a, grads_b):
+            assert_close(x, y, 1e-6, "tiled gradient")

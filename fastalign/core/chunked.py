@@ -1,13 +1,14 @@
 """Chunked PyTorch implementation of the softmax statistics: runs on any device.
 
-Two tilings, both with O(M * D) extra memory plus one bounded buffer, whatever M and V:
+Two tilings, both with O(M * D) extra memory plus two bounded buffers, whatever M and V:
 
-- The statistics sweep (and the frozen-head accumulator) walks the *vocabulary* in tiles ``[M, tile]`` with an
-  online softmax: running max ``m``, running sum ``l``, and ``acc = sum_v exp(z_v - m) z'_v W_v`` rescaled by
-  ``exp(m_old - m_new)`` whenever the max moves (flash attention's trick). Each W tile is read once and stays in
-  cache while all rows stream past it.
-- Gradients of a trainable head walk the *rows* in chunks ``[chunk, V]``: a chunk's full softmax is known, so its
-  ``dL/da`` is formed once and feeds both ``dh = G @ W`` and ``dW += G.T @ h``.
+- Vocabulary tiles ``[M, tile]`` for the statistics sweep, with an online softmax: running max ``m``, running sum
+  ``l``, and the frozen-head accumulator ``acc = sum_v exp(z_v - m) z'_v W_v`` rescaled by ``exp(m_old - m_new)``
+  when the max moves (flash attention's trick). The recomputing gradient pass uses the same tiles: with the saved
+  ``lse`` each tile's ``p`` is exact, so ``dW`` and ``db`` of a tile are complete after it and ``dh`` accumulates.
+  Each W tile is read once and stays in cache while all rows stream past it.
+- Row chunks ``[chunk, V]`` for a loss with a known upstream gradient on a trainable head: a chunk's full softmax
+  is known, so its ``dL/da`` is formed in the forward sweep and feeds ``dh = G @ W`` and ``dW += G.T @ h``.
 
 Matmuls run in the input dtype (tensor cores for bf16/fp16 on GPU); everything after them is float32.
 Matmul count per call, V-sized (the cost that matters):
@@ -34,7 +35,7 @@ from fastalign.core.stats import (
 )
 
 DEFAULT_CHUNK_BYTES = 32 << 20
-"""One ``[chunk, V]`` float32 buffer of the row-chunked gradient pass (two exist at a time). At V=32000, D=1024 on
+"""One ``[chunk, V]`` float32 buffer of the row-chunked forward-gradient pass (two exist at a time). At V=32000, D=1024 on
 a 2-core x86 CPU, 256-row chunks keep the matmuls efficient and the trainable-head peak below torch's own chunked
 linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
 
@@ -60,13 +61,24 @@ class ChunkedTorchBackend:
         return max(1, self.chunk_bytes // (4 * vocab_size))
 
     def _chunks(self, hidden: torch.Tensor, vocab_size: int):
-        """Yield (rows, workspace): row slices of at most rows_per_chunk rows, and the two [chunk, V] buffers
-        they reuse (allocated once per call: fresh 64 MiB buffers per chunk cost a page fault per 4 KiB)."""
+        """Yield (rows, logits buffer, probs buffer) for row chunks of at most rows_per_chunk rows."""
         num_rows = hidden.shape[0]
         step = min(self.rows_per_chunk(vocab_size), max(num_rows, 1))
-        workspace = _Workspace(step, vocab_size, hidden.device, _stats_dtype(hidden))
+        workspace = _Workspace(step * vocab_size, hidden.device, _stats_dtype(hidden))
         for start in range(0, num_rows, step):
-            yield slice(start, min(start + step, num_rows)), workspace
+            rows = slice(start, min(start + step, num_rows))
+            n = rows.stop - rows.start
+            yield rows, workspace.logits(n, vocab_size), workspace.probs(n, vocab_size)
+
+    def _tiles(self, hidden: torch.Tensor, vocab_size: int):
+        """Yield (cols, logits buffer, probs buffer) for vocabulary tiles of all rows."""
+        num_rows = hidden.shape[0]
+        tile = self.vocab_tile(num_rows, vocab_size)
+        workspace = _Workspace(num_rows * tile, hidden.device, _stats_dtype(hidden))
+        for start in range(0, vocab_size, tile):
+            cols = slice(start, min(start + tile, vocab_size))
+            width = cols.stop - cols.start
+            yield cols, workspace.logits(num_rows, width), workspace.probs(num_rows, width)
 
     def sweep(self, hidden, weight, bias, targets, transform, request, accumulate):
         """One online-softmax pass over vocabulary tiles (see the module docstring)."""
@@ -79,17 +91,9 @@ class ChunkedTorchBackend:
         acc = hidden.new_zeros(num_rows, dim, dtype=dtype) if accumulate else None
         if num_rows == 0:
             return stats, acc
-        tile = self.vocab_tile(num_rows, vocab_size)
-        # Flat buffers, viewed as contiguous [M, width] per tile (the last tile is narrower).
-        logits_buffer = hidden.new_empty(num_rows * tile, dtype=dtype)
-        exp_buffer = hidden.new_empty(num_rows * tile, dtype=dtype)
-        for start in range(0, vocab_size, tile):
-            cols = slice(start, min(start + tile, vocab_size))
-            width = cols.stop - cols.start
+        for cols, logits_buffer, exp_buffer in self._tiles(hidden, vocab_size):
             tile_bias = None if bias is None else bias[cols]
-            logits = _logits(
-                hidden, weight[cols], tile_bias, transform, logits_buffer[: num_rows * width].view(num_rows, width)
-            )
+            logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
             _pick_targets_(stats.target_logit, logits, targets, cols)
             if request.logit_sum:
                 stats.logit_sum.add_(logits.sum(1))
@@ -98,14 +102,13 @@ class ChunkedTorchBackend:
             tile_max = logits.amax(1)
             new_max = torch.where(tile_max > row_max + LAZY_RESCALE, tile_max, row_max)
             rescale = torch.exp(row_max - new_max)  # 0 on the first tile, where row_max = -inf
-            exps = torch.sub(logits, new_max.unsqueeze(1), out=exp_buffer[: num_rows * width].view(num_rows, width))
-            exps.exp_()
+            exps = torch.sub(logits, new_max.unsqueeze(1), out=exp_buffer).exp_()
             partition.mul_(rescale).add_(exps.sum(1))
             if request.mean_logit:
                 weighted_sum.mul_(rescale).add_(torch.linalg.vecdot(exps, logits))
             if accumulate:
                 _apply_derivative_(exps, logits, transform)
-                if start > 0 and bool((rescale != 1.0).any()):
+                if cols.start > 0 and bool((rescale != 1.0).any()):
                     acc.mul_(rescale.unsqueeze(1))
                 _add_matmul_(acc, exps, weight[cols])
             row_max = new_max
@@ -117,15 +120,24 @@ class ChunkedTorchBackend:
         return stats, acc
 
     def gradients(self, hidden, weight, bias, targets, transform, stats, grad, needs):
+        """Recompute the logits tile by tile over the vocabulary: each W tile is read once, ``dW`` and ``db`` of a
+        tile are complete after it, and ``dh`` accumulates in float32."""
         grads = _zero_gradients(hidden, weight, bias, needs)
-        for rows, workspace in self._chunks(hidden, weight.shape[0]):
-            logits = _logits(hidden[rows], weight, bias, transform, workspace.logits(rows))
-            # p = exp(z - lse): the saved log-partition replaces a second reduction.
-            probs = torch.sub(logits, stats.lse[rows].unsqueeze(1), out=workspace.probs(rows)).exp_()
-            chunk_stats = SoftmaxStats(*(s[rows] for s in stats))
-            chunk_grad = StatsGrad(*(None if g is None else g[rows] for g in grad))
-            logit_grad = _logit_grad_(probs, logits, targets[rows], transform, chunk_stats, chunk_grad)
-            _accumulate(grads, rows, logit_grad, hidden[rows], weight)
+        if hidden.shape[0] == 0:
+            return grads
+        hidden_for_dw = hidden.to(grads.weight.dtype) if grads.weight is not None else None
+        for cols, logits_buffer, probs_buffer in self._tiles(hidden, weight.shape[0]):
+            tile_bias = None if bias is None else bias[cols]
+            logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
+            # p = exp(z - lse): the saved log-partition normalizes each tile on its own.
+            probs = torch.sub(logits, stats.lse.unsqueeze(1), out=probs_buffer).exp_()
+            logit_grad = _logit_grad_(probs, logits, targets, transform, stats, grad, cols)
+            if grads.hidden is not None:
+                _add_matmul_(grads.hidden, logit_grad, weight[cols])
+            if grads.weight is not None:
+                torch.mm(logit_grad.t(), hidden_for_dw, out=grads.weight[cols])
+            if grads.bias is not None:
+                grads.bias[cols] = logit_grad.sum(0)
         return grads
 
     def row_loss_sum(self, hidden, weight, bias, targets, transform, request, row_loss: RowLoss, needs: GradNeeds):
@@ -134,29 +146,30 @@ class ChunkedTorchBackend:
             return gradients_via_recompute(self, hidden, weight, bias, targets, transform, request, row_loss, needs)
         grads = _zero_gradients(hidden, weight, bias, needs)
         total = hidden.new_zeros((), dtype=_stats_dtype(hidden))
-        for rows, workspace in self._chunks(hidden, weight.shape[0]):
-            logits = _logits(hidden[rows], weight, bias, transform, workspace.logits(rows))
-            chunk_stats, probs = _softmax_stats(logits, targets[rows], request, workspace.probs(rows))
+        vocab = slice(0, weight.shape[0])
+        for rows, logits_buffer, probs_buffer in self._chunks(hidden, weight.shape[0]):
+            logits = _logits(hidden[rows], weight, bias, transform, logits_buffer)
+            chunk_stats, probs = _softmax_stats(logits, targets[rows], request, probs_buffer)
             chunk_total, chunk_grad = row_loss_and_grad(row_loss, chunk_stats)
             total += chunk_total
-            if needs.any:
-                logit_grad = _logit_grad_(probs, logits, targets[rows], transform, chunk_stats, chunk_grad)
-                _accumulate(grads, rows, logit_grad, hidden[rows], weight)
+            logit_grad = _logit_grad_(probs, logits, targets[rows], transform, chunk_stats, chunk_grad, vocab)
+            _accumulate(grads, rows, logit_grad, hidden[rows], weight)
         return total, grads
 
 
 class _Workspace:
-    """The two [chunk, V] buffers of a call: the chunk's logits, and its probabilities (then dL/da)."""
+    """Two flat float buffers (logits; probabilities, then dL/da) viewed as contiguous [rows, width] blocks:
+    allocated once per call, since a fresh 16-64 MiB buffer per block costs a page fault per 4 KiB on CPU."""
 
-    def __init__(self, rows: int, vocab_size: int, device, dtype):
-        self._logits = torch.empty(rows, vocab_size, device=device, dtype=dtype)
-        self._probs = torch.empty(rows, vocab_size, device=device, dtype=dtype)
+    def __init__(self, numel: int, device, dtype):
+        self._logits = torch.empty(numel, device=device, dtype=dtype)
+        self._probs = torch.empty(numel, device=device, dtype=dtype)
 
-    def logits(self, rows: slice) -> torch.Tensor:
-        return self._logits[: rows.stop - rows.start]
+    def logits(self, rows: int, width: int) -> torch.Tensor:
+        return self._logits[: rows * width].view(rows, width)
 
-    def probs(self, rows: slice) -> torch.Tensor:
-        return self._probs[: rows.stop - rows.start]
+    def probs(self, rows: int, width: int) -> torch.Tensor:
+        return self._probs[: rows * width].view(rows, width)
 
 
 def _stats_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -196,15 +209,19 @@ def _softmax_stats(logits: torch.Tensor, targets, request: StatsRequest, out: to
     return SoftmaxStats(lse, target_logit, logit_sum, mean_logit), probs
 
 
+def _rows_with_target_in(targets: torch.Tensor, cols: slice) -> torch.Tensor:
+    return ((targets >= cols.start) & (targets < cols.stop)).nonzero().squeeze(1)
+
+
 def _pick_targets_(target_logit: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, cols: slice) -> None:
-    """target_logit[i] = z[i, y_i] for the rows whose target falls in this vocabulary tile."""
-    rows = ((targets >= cols.start) & (targets < cols.stop)).nonzero().squeeze(1)
-    if rows.numel():
-        target_logit[rows] = logits[rows, targets[rows] - cols.start]
+    """target_logit[i] = z[i, y_i] for the rows whose target falls in the vocabulary columns ``cols``."""
+    rows = _rows_with_target_in(targets, cols)
+    target_logit[rows] = logits[rows, targets[rows] - cols.start]
 
 
-def _logit_grad_(probs, logits, targets, transform: LogitTransform, stats: SoftmaxStats, grad: StatsGrad):
-    """dL/da [n, V], written over ``probs`` (``logits`` is destroyed under a softcap).
+def _logit_grad_(probs, logits, targets, transform: LogitTransform, stats: SoftmaxStats, grad: StatsGrad, cols: slice):
+    """dL/da [n, width] of the vocabulary columns ``cols``, written over ``probs`` (``logits`` is destroyed under a
+    softcap).
 
     dL/dz_v = p_v * (c_lse + c_mean * (1 + z_v - mean_logit)) + c_sum + c_target * [v == y];  dL/da = dL/dz * z'.
     """
@@ -222,8 +239,9 @@ def _logit_grad_(probs, logits, targets, transform: LogitTransform, stats: Softm
         probs.add_(grad.logit_sum.unsqueeze(1))
     if grad.target_logit is not None:
         # probs[i, y_i] += c_target[i], through the flat view (much faster on CPU than a dim-1 scatter_add_)
-        flat_target = torch.arange(len(targets), device=targets.device) * probs.shape[1] + targets
-        probs.view(-1).index_add_(0, flat_target, grad.target_logit.to(probs.dtype))
+        rows = _rows_with_target_in(targets, cols)
+        flat_target = rows * probs.shape[1] + (targets[rows] - cols.start)
+        probs.view(-1).index_add_(0, flat_target, grad.target_logit[rows].to(probs.dtype))
     _apply_derivative_(probs, logits, transform)
     return probs
 
