@@ -26,10 +26,12 @@ from typing import Any, Literal
 
 import yaml
 
-from fastalign.data import CleaningOptions, CPTOptions, SFTOptions
+from fastalign.data import CleaningOptions, CPTOptions, PreferenceOptions, SFTOptions
+from fastalign.losses import CPO_LOSS_TYPES, DPO_LOSS_TYPES, KTO_LOSS_TYPES
 
-# The objectives the trainer knows (see fastalign/training/objectives.py).
-Objective = Literal["cpt", "sft"]
+# The objectives the trainer knows (see fastalign/training/objectives.py and fastalign/training/preference.py).
+Objective = Literal["cpt", "sft", "reward", "dpo", "orpo", "kto", "cpo"]
+PREFERENCE_OBJECTIVES = ("reward", "dpo", "orpo", "kto", "cpo")
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,9 @@ class ModelConfig:
     quantization: Literal["nf4", "int8", "none"] = "none"
     # Adapters; null = full fine-tuning (the LM head then trains too). Required when quantization is not none.
     lora: LoraConfig | None = None
+    # LoRA adapter directories of earlier runs, merged into the base in this order when it is loaded (in memory,
+    # nothing written) before this run's own adapters: `fastalign pipeline` sets it for `handoff: stack`.
+    adapters: list[str] = field(default_factory=list)
     # Recompute activations in backward: less memory, about 30% more compute.
     gradient_checkpointing: bool = False
     # "sdpa" (PyTorch scaled-dot-product attention), "flash_attention_2" (needs flash-attn), or "eager".
@@ -96,6 +101,135 @@ class DataConfig:
     cpt: CPTOptions = field(default_factory=CPTOptions)
     # sft: prompt formats, loss masking, truncation, packing.
     sft: SFTOptions = field(default_factory=SFTOptions)
+    # reward, dpo, orpo, kto, cpo: prompt/chosen/rejected (or prompt/completion/label for kto) records.
+    preference: PreferenceOptions = field(default_factory=PreferenceOptions)
+
+
+def _check_range(name: str, value: float, low: float | None = None, high: float | None = None, open_low=False):
+    if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
+        bounds = (
+            f"{'(' if open_low else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        )
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+
+
+@dataclass
+class RewardOptions:
+    """objective: reward — a sequence-classification head (one score at each sequence's last token), Bradley-Terry
+    loss -log sigmoid(r_chosen - r_rejected - margin); a `margin` data column sets per-pair margins."""
+
+    # c * mean((r_chosen + r_rejected)^2) is added to keep rewards centred (Eisenstein et al. 2023); null = off.
+    center_rewards_coefficient: float | None = None
+
+    def __post_init__(self):
+        if self.center_rewards_coefficient is not None:
+            _check_range("center_rewards_coefficient", self.center_rewards_coefficient, 0.0)
+
+
+@dataclass
+class DPOOptions:
+    """objective: dpo — Direct Preference Optimization and its variants, against a reference policy."""
+
+    # Inverse temperature of the implicit reward beta * log(pi / ref).
+    beta: float = 0.1
+    # sigmoid (DPO), robust, hinge (SLiC), ipo, sigmoid_norm, exo_pair, bco_pair, sppo_hard, nca_pair, apo_zero,
+    # apo_down, discopop (formulas in fastalign/losses/dpo.py).
+    loss_type: Literal[DPO_LOSS_TYPES] = "sigmoid"
+    # Label noise eps in [0, 0.5] (sigmoid: cDPO, robust: rDPO needs < 0.5, exo_pair needs > 0).
+    label_smoothing: float = 0.0
+    # Temperature of discopop, in (0, 1].
+    discopop_tau: float = 0.05
+
+    def __post_init__(self):
+        _check_range("beta", self.beta, 0.0, open_low=True)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("discopop_tau", self.discopop_tau, 0.0, 1.0, open_low=True)
+        if self.loss_type == "robust" and self.label_smoothing >= 0.5:
+            raise ValueError("loss_type robust divides by 1 - 2 * label_smoothing: label_smoothing must be < 0.5")
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0.0:
+            raise ValueError("loss_type exo_pair needs label_smoothing > 0")
+
+
+@dataclass
+class ORPOOptions:
+    """objective: orpo — NLL on the chosen sequence plus beta * odds-ratio term; no reference model."""
+
+    # Weight (lambda in the paper) of the odds-ratio term.
+    beta: float = 0.1
+    # The NLL term also scores the prompt tokens of the chosen sequence (as TRL's ORPOTrainer and the paper do);
+    # false = chosen completion tokens only.
+    nll_on_prompt: bool = True
+
+    def __post_init__(self):
+        _check_range("beta", self.beta, 0.0, open_low=True)
+
+
+@dataclass
+class KTOOptions:
+    """objective: kto — unpaired desirable / undesirable examples against a reference policy; the reference point
+    is a detached KL estimate on mismatched (prompt, completion) pairs of each batch."""
+
+    beta: float = 0.1
+    # kto, or apo_zero_unpaired (no KL reference point).
+    loss_type: Literal[KTO_LOSS_TYPES] = "kto"
+    # Weights of desirable / undesirable examples. The KTO paper recommends
+    # desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]; training warns otherwise.
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    def __post_init__(self):
+        _check_range("beta", self.beta, 0.0, open_low=True)
+        _check_range("desirable_weight", self.desirable_weight, 0.0)
+        _check_range("undesirable_weight", self.undesirable_weight, 0.0)
+
+
+@dataclass
+class CPOOptions:
+    """objective: cpo — reference-free CPO / SimPO (loss_type: simpo) plus cpo_alpha * NLL on chosen completions."""
+
+    beta: float = 0.1
+    # SimPO target reward margin (simpo only).
+    gamma: float = 0.5
+    # simpo (length-averaged log-probs), sigmoid (CPO), hinge (summed log-probs), ipo (length-averaged).
+    loss_type: Literal[CPO_LOSS_TYPES] = "simpo"
+    # Label noise eps in [0, 0.5] (simpo, sigmoid).
+    label_smoothing: float = 0.0
+    # Weight of the NLL term on the chosen completions; plain SimPO is cpo_alpha: 0, CPO is sigmoid with 1.
+    cpo_alpha: float = 1.0
+
+    def __post_init__(self):
+        _check_range("beta", self.beta, 0.0, open_low=True)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+
+
+@dataclass
+class ReferenceOptions:
+    """The reference policy of dpo and kto (fastalign/training/reference.py).
+
+    Default: with LoRA, the policy itself with its adapter disabled (no second copy of the weights); without
+    LoRA, a frozen copy of model.name_or_path loaded at start. `model` names a different reference.
+    """
+
+    # A separate frozen reference model (local directory or hub name); null = see above.
+    model: str | None = None
+    # Score the whole training (and eval) set with the reference once, before training, and cache the log-probs
+    # on disk: training then runs only the policy.
+    precompute: bool = False
+    # Where the precomputed log-probs are cached, keyed by dataset fingerprint and reference identity;
+    # null = <training.output_dir>/reference_cache.
+    cache_dir: str | None = None
+
+
+@dataclass
+class AlignmentConfig:
+    """Options of the preference objectives; only the section of the chosen `objective` is used."""
+
+    reward: RewardOptions = field(default_factory=RewardOptions)
+    dpo: DPOOptions = field(default_factory=DPOOptions)
+    orpo: ORPOOptions = field(default_factory=ORPOOptions)
+    kto: KTOOptions = field(default_factory=KTOOptions)
+    cpo: CPOOptions = field(default_factory=CPOOptions)
+    reference: ReferenceOptions = field(default_factory=ReferenceOptions)
 
 
 @dataclass
@@ -134,11 +268,14 @@ class TrainingConfig:
 
 @dataclass
 class Config:
-    # What is optimized: cpt (next-token loss on every token) or sft (loss on completions only).
+    # What is optimized: cpt (next-token loss on every token), sft (loss on completions only), reward (a
+    # Bradley-Terry reward model), dpo, orpo, kto, or cpo (CPO / SimPO); options of the last five in `alignment`.
     objective: Objective
     model: ModelConfig
     data: DataConfig
     training: TrainingConfig
+    # reward, dpo, orpo, kto, cpo: loss options and the reference policy (dpo, kto).
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
@@ -189,10 +326,14 @@ def from_dict(cls: type, raw: Any, path: str = "", base_dir: Path = Path(".")) -
             raise ConfigError(key_path, "missing required key")
     if cls is DataSource and _local_file(values["path"]):
         values["path"] = _existing(values["path"], _join(path, "path"), base_dir)
+    if cls is ReferenceOptions and values.get("model") and values["model"].startswith(("/", "./", "../", "~")):
+        values["model"] = _existing(values["model"], _join(path, "model"), base_dir)
     if cls is ModelConfig:
         for name in ("name_or_path", "tokenizer"):
             if values.get(name) and values[name].startswith(("/", "./", "../", "~")):
                 values[name] = _existing(values[name], _join(path, name), base_dir)
+        for index, adapter in enumerate(values.get("adapters", ())):
+            values["adapters"][index] = _existing(adapter, _join(path, f"adapters[{index}]"), base_dir)
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:  # the dataclass's own __post_init__ checks

@@ -70,7 +70,7 @@ def test_dotted_overrides_are_parsed_as_yaml_and_validated(write_config):
         ("training.lerning_rate", 1e-4, "training.lerning_rate: unknown key (did you mean learning_rate?)"),
         ("model.lora.rank", 8, "model.lora.rank: unknown key (known: alpha, dropout, r, target_modules)"),
         ("model.quantization", "nf3", "model.quantization: expected one of nf4, int8, none, got 'nf3'"),
-        ("objective", "dpo", "objective: expected one of cpt, sft, got 'dpo'"),
+        ("objective", "ppo", "objective: expected one of cpt, sft, reward, dpo, orpo, kto, cpo, got 'ppo'"),
         ("data.train.path", "x.jsonl", "data.train.path: file not found: x.jsonl"),
         ("model.name_or_path", "./no/such/model", "model.name_or_path: file not found: ./no/such/model"),
         ("data.sft.max_length", "long", "data.sft.max_length: expected int, got 'long'"),

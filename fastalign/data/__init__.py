@@ -73,6 +73,10 @@ Collators (callables over a list of rows -> dict of LongTensors [batch, seq])
         call it with `use_cache=False` (Llama configs default to use_cache=True, which creates a DynamicCache
         in forward and silently disables the detection: examples would attend across boundaries).
 
+Preference data (reward, DPO, ORPO, KTO, CPO/SimPO): see `fastalign.data.preference` for the formats
+    (prompt/chosen/rejected [+ margin], prompt/completion/label; strings or conversations), the row layouts and
+    `PreferenceCollator` / `UnpairedCollator` (padded or packed pair batches, chosen rows then rejected rows).
+
 Report
     `DataReport` (dataclass of counts; a step not run stays None): loaded, normalized, empty_removed,
     exact_duplicates_removed, near_duplicates_removed, pii_replacements ({kind: n}), examples, truncated,
@@ -98,6 +102,17 @@ from fastalign.data.formats import DATA_FORMATS, detect_format
 from fastalign.data.instruction_template import InstructionTemplate
 from fastalign.data.loading import load_records
 from fastalign.data.pii import PII_SCRUBBERS, PIIScrubber, RegexScrubber
+from fastalign.data.preference import (
+    PREFERENCE_FORMATS,
+    PreferenceCollator,
+    PreferenceOptions,
+    UnpairedCollator,
+    build_preference_dataset,
+    build_unpaired_dataset,
+    kto_balance,
+    load_preference_records,
+    unpair_preferences,
+)
 from fastalign.data.preprocess import CleaningOptions, preprocess_corpus
 from fastalign.data.report import DataReport
 from fastalign.data.sft import SFTOptions, build_sft_dataset
@@ -108,6 +123,7 @@ __all__ = [
     "DEMO_CHAT_TEMPLATE",
     "DEMO_DATA_FILES",
     "PII_SCRUBBERS",
+    "PREFERENCE_FORMATS",
     "CPTOptions",
     "CleaningOptions",
     "DataFormatError",
@@ -116,13 +132,21 @@ __all__ = [
     "PIIScrubber",
     "PackedCollator",
     "PaddedCollator",
+    "PreferenceCollator",
+    "PreferenceOptions",
     "RegexScrubber",
     "SFTOptions",
+    "UnpairedCollator",
     "build_cpt_dataset",
+    "build_preference_dataset",
     "build_sft_dataset",
+    "build_unpaired_dataset",
     "demo_data_path",
     "detect_format",
+    "kto_balance",
+    "load_preference_records",
     "load_records",
     "preprocess_corpus",
     "train_demo_tokenizer",
+    "unpair_preferences",
 ]

@@ -4,7 +4,9 @@ Everything else — gradient accumulation, evaluation, checkpoint rotation and r
 DDP, progress bars — is transformers.Trainer's own. The subclass changes four things:
 
 - ``compute_loss`` calls the objective (``fastalign.training.objectives``), which never forms logits;
-- ``log`` adds ``tokens_per_second`` and ``peak_memory_gb`` to every log line;
+- ``log`` adds ``tokens_per_second`` and ``peak_memory_gb`` to every log line, and the objective's metrics
+  (preference objectives: TRL's names) averaged over the micro-batches since the previous log, like TRL's
+  ``store_metrics`` (evaluation metrics with the ``eval_`` prefix);
 - ``_save_checkpoint`` writes ``checkpoint-<step>`` into a staging directory and renames it into place when
   complete, so a crash mid-save leaves the previous checkpoint as the last one ``resume_from_checkpoint`` finds;
 - a ``NonFiniteGuard`` callback stops (or skips) an optimizer step whose loss or gradients are NaN/inf before the
@@ -17,12 +19,13 @@ import os
 import resource
 import shutil
 import time
+from collections import defaultdict
 
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from fastalign.training.objectives import OBJECTIVES
+from fastalign.training.objectives import OBJECTIVES, Objective
 
 STAGING_DIR = ".staging"
 
@@ -74,21 +77,30 @@ class FastAlignTrainer(Trainer):
     """A ``transformers.Trainer`` for the objectives in ``OBJECTIVES``.
 
     Args:
-        objective: a key of ``OBJECTIVES`` ("cpt", "sft").
+        objective: a key of ``OBJECTIVES`` ("cpt", "sft", "reward", "dpo", "orpo", "kto", "cpo"; the preference
+            ones with default options), or an ``Objective`` (e.g. ``preference_objective("dpo", alignment, ref)``).
         nan_policy: "stop" or "skip", see ``NonFiniteGuard``.
         *args, **kwargs: as for ``transformers.Trainer`` (model, args, datasets, data_collator, ...).
     """
 
-    def __init__(self, *args, objective: str, nan_policy: str = "stop", **kwargs):
-        if objective not in OBJECTIVES:
+    def __init__(self, *args, objective: str | Objective, nan_policy: str = "stop", **kwargs):
+        if not isinstance(objective, Objective) and objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
         super().__init__(*args, **kwargs)
-        self.objective = OBJECTIVES[objective]
+        self.objective = objective if isinstance(objective, Objective) else OBJECTIVES[objective]
         if self.objective.normalized_by_num_items:
             # Let the Trainer count the targets of the accumulated (and gathered) batch: labels[..., 1:] != -100.
             self.model_accepts_loss_kwargs = True
             self._loss_shifts_labels = True
             self.loss_is_scaled_for_ga = True
+        else:
+            # A mean over this micro-batch's examples: the Trainer divides it by the accumulation steps.
+            self.model_accepts_loss_kwargs = False
+            self.loss_is_scaled_for_ga = False
+        self._stored_metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         # fp16 overflows are the GradScaler's business: it skips those steps itself.
         self.nonfinite_guard = NonFiniteGuard(nan_policy, check_gradients=not self.args.fp16)
         self.add_callback(self.nonfinite_guard)
@@ -97,6 +109,9 @@ class FastAlignTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = self.objective.loss(model, inputs, num_items_in_batch)
+        if self.objective.metrics:
+            loss, metrics = loss
+            self.store_metrics(metrics, "train" if model.training else "eval")
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's targets, and DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
@@ -107,8 +122,30 @@ class FastAlignTrainer(Trainer):
         self.nonfinite_guard.observe_loss(loss)
         return loss
 
+    def store_metrics(self, metrics: dict[str, torch.Tensor], mode: str = "train") -> None:
+        """Keep a micro-batch's metrics (detached tensors, no device sync) until the next ``log`` averages them."""
+        for key, value in metrics.items():
+            self._stored_metrics[mode][key].append(value.detach().float().reshape(()))
+
+    def _pop_metrics(self, mode: str) -> dict[str, float]:
+        """The stored metrics' means over micro-batches (and processes), then forgotten."""
+        stored, self._stored_metrics[mode] = self._stored_metrics[mode], defaultdict(list)
+        prefix = "eval_" if mode == "eval" else ""
+        means = {}
+        for key, values in stored.items():
+            values = torch.stack(values)
+            if self.accelerator.num_processes > 1:
+                values = self.accelerator.gather(values)
+            means[f"{prefix}{key}"] = values.mean().item()
+        return means
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add throughput (since the previous log) and peak memory (since the start) to training logs."""
+        """Add the objective's averaged metrics, throughput (since the previous log) and peak memory (since the
+        start) to training logs, and the averaged metrics to evaluation logs."""
+        if "loss" in logs:
+            logs.update(self._pop_metrics("train"))
+        elif "eval_loss" in logs:
+            logs.update(self._pop_metrics("eval"))
         if "loss" in logs:
             now, tokens = time.perf_counter(), self.state.num_input_tokens_seen
             if self._last_log is not None and now > self._last_log[0]:
