@@ -35,11 +35,11 @@ from fastalign.core.stats import (
 )
 
 DEFAULT_CHUNK_BYTES = 32 << 20
-"""One ``[chunk, V]`` float32 buffer of the row-chunked forward-gradient pass (two exist at a time). At V=32000, D=1024 on
-a 2-core x86 CPU, 256-row chunks keep the matmuls efficient and the trainable-head peak below torch's own chunked
-linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
+"""One ``[chunk, V]`` float32 buffer of the row-chunked forward-gradient pass (two exist at a time). At V=32000,
+D=1024 on a 2-core x86 CPU, 256-row chunks keep the matmuls efficient and the trainable-head peak below torch's own
+chunked linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
 
-DEFAULT_TILE_BYTES = 16 << 20
+DEFAULT_TILE_BYTES = 8 << 20
 """One ``[M, tile]`` float32 buffer of the vocabulary sweep (two exist at a time)."""
 
 LAZY_RESCALE = 8.0

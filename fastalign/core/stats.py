@@ -159,7 +159,8 @@ def gradients_via_recompute(backend, hidden, weight, bias, targets, transform, r
     if not needs.any:
         return total, Gradients(None, None, None)
     if acc is not None and accumulator_covers(grad, transform):
-        return total, Gradients(hidden_grad_from_accumulator(acc, weight, targets, stats, grad, transform), None, None)
+        dh = hidden_grad_from_accumulator(acc, weight, targets, stats, grad, transform, overwrite=True)
+        return total, Gradients(dh, None, None)
     return total, backend.gradients(hidden, weight, bias, targets, transform, stats, grad, needs)
 
 
@@ -174,6 +175,10 @@ def accumulator_covers(grad: StatsGrad, transform: LogitTransform) -> bool:
     return grad.mean_logit is None and (grad.logit_sum is None or transform.softcap is None)
 
 
+GATHER_ROWS = 1024
+"""Rows of W_y gathered at a time when forming dh from the accumulator (bounds that temporary)."""
+
+
 def hidden_grad_from_accumulator(
     acc: torch.Tensor,
     weight: torch.Tensor,
@@ -181,14 +186,22 @@ def hidden_grad_from_accumulator(
     stats: SoftmaxStats,
     grad: StatsGrad,
     transform: LogitTransform,
+    *,
+    overwrite: bool = False,
 ) -> torch.Tensor:
-    """dh [M, D] fp32 = c_target * z'_y * W_y + c_lse * acc (+ c_sum * slope * sum_v W_v without softcap)."""
-    dh = torch.zeros_like(acc)
-    if grad.lse is not None:
-        dh.addcmul_(grad.lse.unsqueeze(1), acc)
+    """dh [M, D] fp32 = c_target * z'_y * W_y + c_lse * acc (+ c_sum * slope * sum_v W_v without softcap).
+
+    With ``overwrite`` dh is formed in ``acc``'s own memory (for a caller that no longer needs ``acc``).
+    """
+    if overwrite:
+        dh = acc.mul_(grad.lse.unsqueeze(1)) if grad.lse is not None else acc.zero_()
+    else:
+        dh = acc * grad.lse.unsqueeze(1) if grad.lse is not None else torch.zeros_like(acc)
     if grad.target_logit is not None:
-        coeff = grad.target_logit * transform.derivative(stats.target_logit)
-        dh.addcmul_(coeff.unsqueeze(1), weight.index_select(0, targets).to(acc.dtype))
+        coeff = (grad.target_logit * transform.derivative(stats.target_logit)).unsqueeze(1)
+        for start in range(0, len(targets), GATHER_ROWS):
+            rows = slice(start, start + GATHER_ROWS)
+            dh[rows].addcmul_(coeff[rows], weight.index_select(0, targets[rows]).to(acc.dtype))
     if grad.logit_sum is not None:
         column_sum = weight.to(acc.dtype).sum(0) * transform.slope
         dh.addcmul_(grad.logit_sum.unsqueeze(1), column_sum.unsqueeze(0))
@@ -245,5 +258,10 @@ class LinearRowLossSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
-        scaled = [g * grad_total if present else None for g, present in zip(ctx.saved_tensors, ctx.present)]
+        # The usual upstream gradient is exactly 1 (loss.backward()): hand the saved gradients over as they are
+        # rather than allocate scaled copies (a [V, D] dW copy would double the trainable head's peak).
+        unit = bool(torch.equal(grad_total, torch.ones_like(grad_total)))
+        scaled = [
+            (g if unit else g * grad_total) if present else None for g, present in zip(ctx.saved_tensors, ctx.present)
+        ]
         return (*scaled, None, None, None, None, None)
