@@ -1,4 +1,4 @@
-"""Writes fastalign/assets/*.jsonl: the invented "Homely Hub" help-center corpus and support SFT data.
+"""Writes fastalign/assets/*.jsonl: the invented "Homely Hub" help-center corpus, support SFT and preference data.
 
 Deterministic (seeded): rerunning rewrites the same files. The JSONL files are what ships and what the tests
 count on; this script only documents where they came from. Usage: python scripts/build_demo_data.py fastalign/assets
@@ -168,17 +168,17 @@ TITLES = {
 KINDS = ["article", "forum", "ticket"]
 
 
-def slot_values() -> dict:
+def slot_values(gen: random.Random = rng) -> dict:
     """One draw of the template slots, shared by a whole document or question/answer pair so that they agree."""
-    code = rng.choice(list(ERROR_CODES))
-    led = rng.choice(list(LED))
-    plan = rng.choice(list(PLANS))
+    code = gen.choice(list(ERROR_CODES))
+    led = gen.choice(list(LED))
+    plan = gen.choice(list(PLANS))
     return dict(
-        model=rng.choice(MODELS),
-        device=rng.choice(DEVICES),
-        router=rng.choice(ROUTERS),
+        model=gen.choice(MODELS),
+        device=gen.choice(DEVICES),
+        router=gen.choice(ROUTERS),
         app=APP,
-        version=rng.choice(VERSIONS),
+        version=gen.choice(VERSIONS),
         code=code,
         code_meaning=ERROR_CODES[code],
         led=led,
@@ -405,15 +405,15 @@ OPENERS = ["", "Hi, ", "Hello! ", "Quick question: ", "Hey support, "]
 CLOSERS = ["", "", " Thanks!", " I already tried restarting it.", " This is urgent.", " Thanks in advance."]
 
 
-def sft_pair() -> dict:
-    topic = rng.choice(list(QUESTIONS))
-    question, answer = rng.choice(QUESTIONS[topic])
-    values = slot_values()
-    opener = rng.choice(OPENERS)
+def sft_pair(gen: random.Random = rng, values: dict | None = None) -> dict:
+    topic = gen.choice(list(QUESTIONS))
+    question, answer = gen.choice(QUESTIONS[topic])
+    values = values or slot_values(gen)
+    opener = gen.choice(OPENERS)
     question = question.format(**values)
     if opener.endswith((", ", ": ")) and not question.startswith(("I ", "I'")):
         question = question[0].lower() + question[1:]
-    prompt = f"Customer: {opener}{question}{rng.choice(CLOSERS)}\nAgent:"
+    prompt = f"Customer: {opener}{question}{gen.choice(CLOSERS)}\nAgent:"
     return {"prompt": prompt, "completion": " " + answer.format(**values)}
 
 
@@ -462,6 +462,41 @@ def instruction_example() -> dict:
     }
 
 
+# Rejected replies for the preference data: polite, in the support agents' own words, and useless — no step that
+# addresses the question. They are shorter than the real answers, so a model that merely finds short, familiar
+# text likely (summed log-probs) prefers them: what alignment has to teach is "prefer the concrete answer".
+GENERIC_REPLIES = [
+    "Sorry to hear that. Please restart the hub and try again later.",
+    "Thanks for reaching out. Please check the {app} and try again.",
+    "Sorry about that. Make sure the hub is online and try again later.",
+    "That can happen sometimes. Please wait a while and check the {app} again.",
+    "Please contact support and we will look into your {model}.",
+    "Thanks for your message. Your {device} should work normally, so please try again.",
+    "Sorry for the trouble. We are looking into it; please check back later.",
+    "This is expected. It usually resolves on its own after a while.",
+]
+
+
+def preference_pair(gen: random.Random) -> dict:
+    """prompt + chosen (the concrete support answer) + rejected (a polite reply with no usable step)."""
+    values = slot_values(gen)
+    pair = sft_pair(gen, values)
+    rejected = gen.choice(GENERIC_REPLIES).format(**values)
+    return {"prompt": pair["prompt"], "chosen": pair["completion"], "rejected": " " + rejected}
+
+
+def unique_preference_pairs(count: int, exclude: set[str], seed: int) -> list[dict]:
+    """``count`` pairs, no prompt twice and none in ``exclude`` (the SFT prompts, so that no held-out preference
+    prompt was seen in SFT). A generator of its own, so adding it left the other files unchanged."""
+    pair_rng, pairs, seen = random.Random(seed), [], set(exclude)
+    while len(pairs) < count:
+        pair = preference_pair(pair_rng)
+        if pair["prompt"] not in seen:
+            seen.add(pair["prompt"])
+            pairs.append(pair)
+    return pairs
+
+
 def write(path: Path, records: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as out:
         for record in records:
@@ -477,6 +512,9 @@ def main(out_dir: Path) -> None:
     write(out_dir / "sft_eval.jsonl", sft[240:])
     write(out_dir / "sft_messages.jsonl", [messages_example() for _ in range(16)])
     write(out_dir / "sft_instructions.jsonl", [instruction_example() for _ in range(16)])
+    preference = unique_preference_pairs(240, exclude={pair["prompt"] for pair in sft}, seed=5)
+    write(out_dir / "preference_train.jsonl", preference[:200])
+    write(out_dir / "preference_eval.jsonl", preference[200:])
 
 
 if __name__ == "__main__":

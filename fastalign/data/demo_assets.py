@@ -7,6 +7,9 @@ All files are JSON Lines:
     sft_train / sft_eval        {"prompt", "completion"}: customer questions and support answers.
     sft_messages                {"messages"}: chat conversations with a system prompt, one or two turns.
     sft_instructions            {"instruction", "context", "response"}: the context is empty in about half.
+    preference_train / _eval    {"prompt", "chosen", "rejected"}: customer questions, a concrete support answer
+                                (chosen) and a polite reply with no usable step (rejected); 200 / 40 pairs, no
+                                prompt shared between the splits or with the SFT files.
 """
 
 from importlib import resources
@@ -14,7 +17,16 @@ from pathlib import Path
 
 DEMO_DATA_FILES = {
     name: f"{name}.jsonl"
-    for name in ("cpt_train", "cpt_eval", "sft_train", "sft_eval", "sft_messages", "sft_instructions")
+    for name in (
+        "cpt_train",
+        "cpt_eval",
+        "sft_train",
+        "sft_eval",
+        "sft_messages",
+        "sft_instructions",
+        "preference_train",
+        "preference_eval",
+    )
 }
 
 
