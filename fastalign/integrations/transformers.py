@@ -177,12 +177,11 @@ def fused_causal_lm_loss(
     ``labels`` [B, T] are shifted (``hidden[:, t]`` predicts ``labels[:, t + 1]``); ``shift_labels`` [B, T] are
     used as given. Sum over scored tokens divided by ``num_items_in_batch`` (or their count).
     """
-    hidden, weight, bias = _common_dtype(hidden, head)
-    options = {**head.options, "bias": bias}
+    hidden, head = head.matching(hidden)
     targets, shift = (labels, True) if shift_labels is None else (shift_labels, False)
     return linear_cross_entropy(
         hidden,
-        weight,
+        head.weight,
         targets.to(hidden.device),
         shift=shift,
         ignore_index=ignore_index,
@@ -190,7 +189,7 @@ def fused_causal_lm_loss(
         z_loss=z_loss,
         num_items_in_batch=num_items_in_batch,
         impl=impl,
-        **options,
+        **head.options,
     )
 
 
@@ -286,21 +285,6 @@ def _named_arguments(forward, args: tuple, kwargs: dict) -> dict:
         if parameter.kind is inspect.Parameter.VAR_KEYWORD and name in bound:
             bound.update(bound.pop(name))
     return dict(bound)
-
-
-def _common_dtype(hidden: torch.Tensor, head: LMHead):
-    """(hidden, weight, bias) in one dtype: the autocast dtype when autocast is on, else the head's."""
-    weight, bias = head.weight, head.bias
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    elif hidden.dtype != weight.dtype:
-        hidden = hidden.to(weight.dtype)
-    if bias is not None and bias.dtype != weight.dtype:
-        bias = bias.to(weight.dtype)
-    return hidden, weight, bias
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -51,7 +51,7 @@ import warnings
 import torch
 
 from fastalign.core.head import LogitTransform
-from fastalign.integrations.transformers import _common_dtype, forward_replaced
+from fastalign.integrations.transformers import forward_replaced
 from fastalign.lm_head import last_hidden_states, lm_head_of
 from fastalign.logprobs import linear_logprobs
 from fastalign.sequence_logprobs import sequence_logprobs
@@ -208,7 +208,8 @@ def _fused_head_forward(model, args, kwargs, temperature, cast_lm_head_to_fp32, 
     else:
         targets = shift_labels
     head = lm_head_of(model)
-    hidden, weight, bias = _common_dtype(hidden, head)
+    hidden, head = head.matching(hidden)
+    weight, bias = head.weight, head.bias
     if cast_lm_head_to_fp32:
         hidden, weight = hidden.float(), weight.float()
         bias = None if bias is None else bias.float()
@@ -365,7 +366,8 @@ def _fused_concatenated_forward(trainer, model, batch, kind: str):
     input_ids, attention_mask = batch["concatenated_input_ids"], batch["concatenated_attention_mask"]
     hidden = last_hidden_states(model, input_ids, attention_mask)  # [2B, T, D]
     head = lm_head_of(model)
-    hidden, weight, bias = _common_dtype(hidden, head)
+    hidden, head = head.matching(hidden)
+    weight, bias = head.weight, head.bias
 
     # hidden[:, t] predicts token t + 1: preference targets (completion) and SFT targets (chosen rows only)
     targets = batch["concatenated_labels"][:, 1:].to(hidden.device)
