@@ -42,7 +42,8 @@ from pathlib import Path
 
 # The Triton interpreter (tests/conftest.py sets it on CPU) makes Triton "run" on CPU at interpreter speed: useless
 # for timings, so the benchmark never uses it. It is read when triton is imported, hence before `import torch`.
-os.environ.pop("TRITON_INTERPRET", None)
+if __name__ == "__main__":  # imported as a module (fastalign bench, tests), leave the caller's environment alone
+    os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

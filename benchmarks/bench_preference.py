@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Same as bench_linear_ce.py: the Triton interpreter would make Triton "run" on CPU at interpreter speed.
-os.environ.pop("TRITON_INTERPRET", None)
+if __name__ == "__main__":  # imported as a module (fastalign bench, tests), leave the caller's environment alone
+    os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
