@@ -21,7 +21,7 @@ from fastalign.bench import add_bench
 
 
 def add_demo(commands) -> None:
-    parser = commands.add_parser("demo", help="CPT, SFT then DPO of a small model on CPU (~3 min)")
+    parser = commands.add_parser("demo", help="CPT, SFT then DPO of a small model on CPU (~1 min on 2 idle cores)")
     parser.add_argument("--output-dir", default="fastalign_demo_output", help="where everything is written")
     parser.add_argument("--quick", action="store_true", help="a much smaller run, for tests (~30 s)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave idle)")
