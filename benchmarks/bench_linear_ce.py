@@ -542,6 +542,11 @@ def device_name(device: str) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+def results_slug(device: str) -> str:
+    """The folder name results of ``device`` go under: ``cpu``, or the GPU's name (e.g. ``nvidia-h100-80gb-hbm3``)."""
+    return "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", device_name("cuda").lower()).strip("-")
+
+
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -780,8 +785,7 @@ def main(argv=None) -> int:
     }
     out_dir = args.out
     if out_dir is None and not cfg.quick:
-        slug = "cpu" if cfg.device == "cpu" else re.sub(r"[^a-z0-9]+", "-", device_name("cuda").lower()).strip("-")
-        out_dir = RESULTS_DIR / slug
+        out_dir = RESULTS_DIR / results_slug(cfg.device)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "linear_ce.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

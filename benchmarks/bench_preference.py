@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from bench_linear_ce import (  # noqa: E402
     fmt,
     git_commit,
     measure,
+    results_slug,
     versions,
 )
 
@@ -582,8 +582,7 @@ def main(argv=None) -> int:
     }
     out_dir = args.out
     if out_dir is None and not cfg.quick:
-        slug = "cpu" if cfg.device == "cpu" else re.sub(r"[^a-z0-9]+", "-", device_name("cuda").lower()).strip("-")
-        out_dir = RESULTS_DIR / slug
+        out_dir = RESULTS_DIR / results_slug(cfg.device)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "preference.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -102,8 +101,7 @@ def run_bench(args) -> int:
     kernels = _comma_list(args.kernels, KERNELS, "kernel")
     peers = _comma_list(args.peers, PEERS, "peer")
     heads = _comma_list(args.heads, head_registry.HEADS, "head") if args.heads else [None]
-    slug = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", bench_linear_ce.device_name("cuda").lower())
-    out = args.out or bench_dir / "results" / slug.strip("-") / ("quick" if args.quick else "")
+    out = args.out or bench_dir / "results" / bench_linear_ce.results_slug(device) / ("quick" if args.quick else "")
 
     # Peers: which are missing (skipped, never a failure), and which method names each script gets.
     skipped: list[tuple[str, str, str]] = []  # (peer, kernel or "*", reason)
