@@ -9,12 +9,10 @@ and its loss/log-probs and gradients are checked against a float32 naive referen
 so a fast wrong answer cannot win. The exit status is 1 if any correctness check fails, or if the naive baseline or
 a fastalign method errors. See benchmarks/README.md for the columns.
 
-Memory, above what is in use once the inputs exist and one warm-up step has run (a first call pages in library code
-and lazily imported modules, ~150-300 MiB on CPU at any size, which is not the method's memory):
-    CPU   each (method, mode) runs in a subprocess of its own (--quick: one per method). After the timed steps, glibc
-          is set to mmap every block >= 64 KiB and trimmed, the anonymous RSS is the baseline, the kernel's
-          high-water mark is reset (/proc/self/clear_refs), and one more step runs: peak = its VmHWM less the
-          file-backed RSS. The RSS then follows live memory, whatever the allocator cached or fragmented before.
+Memory, above what is in use once the inputs exist and the warm-up steps have run:
+    CPU   each (method, mode) runs in a subprocess of its own (--quick: one per method). One more, untimed step runs
+          under torch.profiler with profile_memory: the peak of the running sum of the CPU allocator's allocation
+          and free events (exact tensor memory, like CUDA's max_memory_allocated; see cpu_tensor_peak).
     CUDA  one process; baseline = memory_allocated() after warm-up, peak = max_memory_allocated() over the timed steps.
 Both include the gradients each step returns (dh [N, D], and dW [V, D] for a trainable head).
 """
@@ -22,9 +20,7 @@ Both include the gradients each step returns (dh [N, D], and dW [V, D] for a tra
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
-import gc
 import json
 import math
 import os
@@ -317,54 +313,45 @@ class Step:
         return outs
 
 
-def rss_bytes(field: str) -> int:
-    """A field of /proc/self/status in bytes: VmHWM (peak RSS), RssAnon, RssFile, RssShmem (current RSS by kind).
-
-    VmHWM rather than getrusage's ru_maxrss: on Linux, ru_maxrss of a freshly exec'd process starts at its parent's
-    peak (measured: ~300 MiB from this script's parent at any problem size), while VmHWM belongs to this process's
-    own address space.
-    """
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024  # kB
-
-
-def exact_rss_allocator() -> bool:
-    """Make glibc's RSS follow live memory: trim its free heap and serve every block >= 64 KiB by mmap (returned to
-    the OS when freed), so that neither memory cached from earlier steps nor heap fragmentation shows in VmHWM.
-
-    Measured without it: the RSS peak of fastalign's frozen-head step grew from 45 to 62 MiB between the first and
-    the third step. It slows allocation-heavy steps (a fresh mmap faults in every page), so it is switched on only for
-    the untimed memory step, after the timed ones; it stays on for the rest of the process. False if not glibc.
-    """
-    gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mmap_threshold_set = libc.mallopt(-3, 64 << 10) == 1  # M_MMAP_THRESHOLD (also stops its dynamic raising)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return mmap_threshold_set
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark (VmHWM) to its current RSS; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 @dataclass
 class Measurement:
     times_s: list[float]
     peak_extra_bytes: int
     notes: list[str] = field(default_factory=list)  # warnings the method raised during warm-up
-    memory_exact: bool = True  # False on CPU where the allocator or the kernel's high-water mark could not be set up
     load_average: float = 0.0  # 1-minute load average as the timed steps began: other work on the machine skews them
     cpu_times_s: list[float] = field(default_factory=list)  # CPU: process CPU time (all threads) of each timed step
+
+
+def memory_method(device: str) -> str:
+    """How measure() takes peak memory on ``device``, for the JSON record."""
+    if device == "cuda":
+        return "CUDA max_memory_allocated - memory_allocated before the timed steps"
+    return (
+        "one untimed step under torch.profiler(profile_memory=True): the largest running sum of the CPU allocator's "
+        "allocation and free events, from the step's start"
+    )
+
+
+def cpu_tensor_peak(step: Step) -> tuple[int, torch.Tensor]:
+    """Run one step and return the peak of the tensor memory allocated during it, above what was allocated when it
+    began (the CPU counterpart of CUDA's max_memory_allocated), with the step's value.
+
+    The profiler records every allocation and free of PyTorch's CPU allocator with its size; their running sum in
+    time order is the live tensor memory. Unlike the process RSS, it is exact and the same in every run (the RSS
+    peak of one step moved by up to 18 MiB between runs on this machine: per-CPU counters of the kernel, pages the
+    allocator keeps, scratch of the math libraries).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        value = step()
+    events = prof.profiler.kineto_results.events()  # the raw events: FunctionEvents fold allocations into their ops
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, value
 
 
 def measure(step: Step, cfg: Config) -> tuple[Measurement, dict[str, torch.Tensor]]:
@@ -372,7 +359,7 @@ def measure(step: Step, cfg: Config) -> tuple[Measurement, dict[str, torch.Tenso
 
     Memory is measured after warm-up, not from right after the inputs: a first call pages in hundreds of MiB of
     library code and lazily imported modules (~150-300 MiB measured on CPU at any size), not the method's memory.
-    CUDA: the allocator's peak over the timed steps. CPU: one more, untimed step under exact_rss_allocator().
+    CUDA: the allocator's peak over the timed steps. CPU: one more, untimed step under the profiler (cpu_tensor_peak).
     """
     cuda = cfg.device == "cuda"
     with warnings.catch_warnings(record=True) as caught:
@@ -404,19 +391,12 @@ def measure(step: Step, cfg: Config) -> tuple[Measurement, dict[str, torch.Tenso
             cpu_times.append(time.process_time() - c0)
 
     if cuda:
-        peak, exact = torch.cuda.max_memory_allocated(), True
+        extra = torch.cuda.max_memory_allocated() - baseline
     else:
         step.clear()
         del value
-        exact = exact_rss_allocator()
-        baseline = rss_bytes("RssAnon")
-        exact = reset_peak_rss() and exact  # without the reset VmHWM holds the warm-up's (and the imports') peak
-        value = step()
-        # VmHWM counts file-backed pages too: library code that the kernel dropped while it sat unused (this
-        # machine's DAMON pages out cold memory) faults back in during the step. Taking the file-backed RSS of the end
-        # of the step out of the peak keeps that noise (up to ~12 MiB measured) out of the method's memory.
-        peak = rss_bytes("VmHWM") - rss_bytes("RssFile") - rss_bytes("RssShmem")
-    return Measurement(times, peak - baseline, notes, exact, load, cpu_times), step.outputs(value)
+        extra, value = cpu_tensor_peak(step)
+    return Measurement(times, extra, notes, load, cpu_times), step.outputs(value)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -452,7 +432,8 @@ def compare(outputs: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], dtyp
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Running a case: in this process (CUDA) or in a fresh subprocess per case (CPU, for a clean RSS high-water mark).
+# Running a case: in this process (CUDA) or in a fresh subprocess per case (CPU: each case's imports and warnings
+# kept apart).
 
 
 def run_case(cfg: Config, method: Method, mode: Mode, inputs: Inputs | None = None):
@@ -771,10 +752,7 @@ def main(argv=None) -> int:
             "torch_threads": torch.get_num_threads(),
             "logit_std": LOGIT_STD,
         },  # fmt: skip
-        "memory_method": "CUDA max_memory_allocated - memory_allocated before the timed steps"
-        if cfg.device == "cuda"
-        else "subprocess per (method, mode); after the timed steps: mallopt(M_MMAP_THRESHOLD=64KiB) + malloc_trim, "
-        "VmHWM reset, one untimed step: its VmHWM - RssFile - RssShmem after it - RssAnon before it",
+        "memory_method": memory_method(cfg.device),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "wall_s": time.time() - started,
         "tolerances": {str(k).removeprefix("torch."): v for k, v in TOLERANCES.items()},

@@ -9,8 +9,8 @@ rejected) and the LM head [V, D], for each (loss, mode, method). Every method's 
 against an exact float32 reference computed from the same inputs, so a fast wrong answer cannot win; the exit
 status is 1 on any correctness failure or when a fastalign method errors. See benchmarks/README.md.
 
-Timing, peak memory (CPU: a subprocess per case, VmHWM; CUDA: max_memory_allocated) and the correctness comparison
-are bench_linear_ce.py's, imported from it: the two benchmarks measure the same way.
+Timing, peak memory (CPU: a subprocess per case, the allocator's events; CUDA: max_memory_allocated) and the
+correctness comparison are bench_linear_ce.py's, imported from it: the two benchmarks measure the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from bench_linear_ce import (  # noqa: E402
     fmt,
     git_commit,
     measure,
+    memory_method,
     results_slug,
     versions,
 )
@@ -278,7 +279,7 @@ def draw_reference_logps(cfg: Config, token_logps: torch.Tensor) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Running cases: in this process (CUDA) or one subprocess per case (CPU, for a clean RSS high-water mark).
+# Running cases: in this process (CUDA) or one subprocess per case (CPU: each case's imports and warnings kept apart).
 
 
 def run_case(cfg: Config, method: Method, loss: str, mode_name: str, x: Inputs):
@@ -568,10 +569,7 @@ def main(argv=None) -> int:
             "torch_threads": torch.get_num_threads(),
             "logit_std": LOGIT_STD,
         },
-        "memory_method": "CUDA max_memory_allocated - memory_allocated before the timed steps"
-        if cfg.device == "cuda"
-        else "subprocess per case: VmHWM over the timed steps (high-water mark reset after warm-up) "
-        "- VmRSS after warm-up and malloc_trim",
+        "memory_method": memory_method(cfg.device),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "wall_s": time.time() - started,
         "tolerances": {str(k).removeprefix("torch."): v for k, v in TOLERANCES.items()},

@@ -82,7 +82,7 @@ def linear_cross_entropy(
         return cross_entropy_rows(stats, vocab_size, label_smoothing, z_loss)
 
     if reduction == "none":
-        stats = softmax_stats(rows.hidden, weight, bias, rows.targets, transform, request, impl)
+        stats = softmax_stats(rows, weight, bias, transform, request, impl)
         return rows.scatter(per_row(stats))
 
     if reduction == "mean":
@@ -95,8 +95,8 @@ def linear_cross_entropy(
         def weighted_row(stats: SoftmaxStats) -> torch.Tensor:
             return per_row(stats) / denominator
 
-        return row_loss_sum(rows.hidden, weight, bias, rows.targets, transform, request, weighted_row, impl)
-    return row_loss_sum(rows.hidden, weight, bias, rows.targets, transform, request, per_row, impl)
+        return row_loss_sum(rows, weight, bias, transform, request, weighted_row, impl)
+    return row_loss_sum(rows, weight, bias, transform, request, per_row, impl)
 
 
 class FusedLinearCrossEntropyLoss(nn.Module):

@@ -44,9 +44,7 @@ def linear_logprobs(
     """
     rows = prepare_rows(hidden, weight, targets, bias, ignore_index)
     transform = LogitTransform(softcap, logit_scale, temperature)
-    stats = softmax_stats(
-        rows.hidden, weight, bias, rows.targets, transform, StatsRequest(mean_logit=return_entropy), impl
-    )
+    stats = softmax_stats(rows, weight, bias, transform, StatsRequest(mean_logit=return_entropy), impl)
     logp = rows.scatter(stats.target_logit - stats.lse)
     if not (return_lse or return_entropy):
         return logp

@@ -151,31 +151,72 @@ def test_frozen_head_backward_is_elementwise(monkeypatch):
     assert calls == [1]
 
 
-def test_tiles_and_chunks_match_one_block():
-    """Vocabulary tiles of 256 columns and row chunks of 8 rows (ragged last ones) give the results of one block."""
+@pytest.mark.parametrize("rows", [12, 40], ids=["all-kept", "some-recomputed"])
+@pytest.mark.parametrize("softcap", [None, 4.0], ids=["plain", "softcap"])
+def test_trainable_head_backward_recomputes_only_rows_it_did_not_keep(rows, softcap, monkeypatch, fresh_seed):
+    """A trainable head's sweep keeps the logits of the first D rows in the buffer that becomes dW: backward
+    recomputes the logits of the other rows only, and the gradients are exact either way."""
+    inputs = make_inputs((rows,), 16, 700, bias=True, ignored_fraction=0.2)
+    scored = int((inputs.targets != -100).sum())
+    backend = chunked.ChunkedTorchBackend(tile_bytes=1, block_bytes=5 * 4 * 16)  # 256-column tiles, 5-row blocks
+    monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: backend)
+    recomputed = []
+    original = chunked._logits
+    monkeypatch.setattr(chunked, "_logits", lambda h, *a: recomputed.append(h.shape[0]) or original(h, *a))
+
+    logp = run_logprobs(inputs, "torch", softcap=softcap)
+    recomputed.clear()
+    upstream = torch.randn(rows)
+    grads = grads_of(logp, inputs, upstream)
+    assert sum(recomputed) == max(scored - 16, 0) * 3, "backward recomputed kept rows (3 tiles per row block)"
+    reference = inputs.as_float64()
+    expected = grads_of(run_logprobs(reference, "reference", softcap=softcap), reference, upstream)
+    for name, got, want in zip(("hidden", "weight", "bias"), grads, expected):
+        assert_close(got, want, TOLERANCE[torch.float32], f"d{name} (seed={fresh_seed})")
+
+
+CHUNK_CASES = [
+    # (softcap, mean_logit): the row-chunked pass overwrites the logits with the probabilities (one buffer) unless
+    # the gradient needs the logits as well (two buffers).
+    pytest.param(None, False, id="one-buffer"),
+    pytest.param(5.0, True, id="two-buffers"),
+]
+
+
+@pytest.mark.parametrize("softcap,mean_logit", CHUNK_CASES)
+def test_blocks_tiles_and_chunks_match_one_block(softcap, mean_logit):
+    """Blocks of 7 rows, vocabulary tiles of 256 columns and row chunks of 8 rows (all with ragged last ones), read
+    past ignored rows, give the results of one block."""
     from fastalign.core.head import LogitTransform
     from fastalign.core.stats import LinearRowLossSum, StatsRequest
 
     inputs = make_inputs((61,), 16, 700, bias=True)
-    small = chunked.ChunkedTorchBackend(chunk_bytes=8 * 4 * 700, tile_bytes=1)
-    one = chunked.ChunkedTorchBackend(chunk_bytes=1 << 30, tile_bytes=1 << 30)
-    assert small.rows_per_chunk(700) == 8 and small.vocab_tile(61, 700) == chunked.MIN_TILE
-    keep = inputs.targets != -100
-    transform, request = LogitTransform(softcap=5.0), StatsRequest(logit_sum=True, mean_logit=True)
+    buffers = 2 if mean_logit else 1
+    small = chunked.ChunkedTorchBackend(chunk_bytes=8 * 4 * 700 * buffers, tile_bytes=1, block_bytes=7 * 4 * 16)
+    one = chunked.ChunkedTorchBackend(chunk_bytes=1 << 30, tile_bytes=1 << 30, block_bytes=1 << 30)
+    assert small.rows_per_chunk(700, buffers) == 8 and small.vocab_tile(7, 700) == chunked.MIN_TILE
+    assert small.rows_per_block(16) == 7
+    index = (inputs.targets != -100).nonzero().squeeze(1)
+    transform, request = LogitTransform(softcap=softcap), StatsRequest(logit_sum=True, mean_logit=mean_logit)
 
     def row_loss(stats):
-        return stats.lse - stats.target_logit + 0.1 * stats.logit_sum / 700 + 0.01 * stats.mean_logit
+        loss = stats.lse - stats.target_logit + 0.1 * stats.logit_sum / 700
+        return loss + 0.01 * stats.mean_logit if mean_logit else loss
 
     for backend_args in ((), (row_loss,)):
         function = LinearRowLossSum if backend_args else LinearSoftmaxStats
         results = []
         for backend in (small, one):
-            args = (inputs.hidden[keep], inputs.weight, inputs.bias, inputs.targets[keep], transform, request)
+            args = (inputs.hidden, inputs.weight, inputs.bias, inputs.targets[index], index, transform, request)
             out = function.apply(*args, *backend_args, backend)
-            total = out.sum() if backend_args else sum(s.sum() * w for s, w in zip(out, (1.0, -1.0, 0.1, 0.3)))
+            weights = (1.0, -1.0, 0.1, 0.3 if mean_logit else 0.0)
+            total = out.sum() if backend_args else sum(s.sum() * w for s, w in zip(out, weights))
             results.append((out, grads_of(total, inputs)))
         (a, grads_a), (b, grads_b) = results
         for x, y in zip(a if isinstance(a, tuple) else [a], b if isinstance(b, tuple) else [b]):
             assert_close(x, y, 1e-6, "tiled statistic")
         for x, y in zip(grads_a, grads_b):
             assert_close(x, y, 1e-6, "tiled gradient")
+        ignored = torch.ones(61, dtype=torch.bool)
+        ignored[index] = False
+        assert not grads_a[0][ignored].any(), "an ignored row got a hidden-state gradient"

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fastalign.core.head import LogitTransform
 from fastalign.core.reference import reference_stats
+from fastalign.core.rows import ScoredRows
 from fastalign.core.stats import (
     GradNeeds,
     LinearRowLossSum,
@@ -53,9 +54,9 @@ class RecordingBackend(TritonBackend):
     def __init__(self):
         self.calls = []
 
-    def sweep(self, *args, accumulate):
+    def sweep(self, *args, accumulate, keep_logits=False):
         self.calls.append("sweep+accumulate" if accumulate else "sweep")
-        return super().sweep(*args, accumulate=accumulate)
+        return super().sweep(*args, accumulate=accumulate, keep_logits=keep_logits)
 
     def gradients(self, *args):
         self.calls.append("gradients")
@@ -87,11 +88,8 @@ def check_against_reference(inputs: HeadInputs, transform, used, seed, backend=N
     dtype = inputs.hidden.dtype
     ref = inputs.as_float64()
     expected = reference_stats(ref.hidden, ref.weight, ref.bias, ref.targets, transform, request)
-    actual = SoftmaxStats(
-        *LinearSoftmaxStats.apply(
-            inputs.hidden, inputs.weight, inputs.bias, inputs.targets, transform, request, backend or TritonBackend()
-        )
-    )
+    args = (inputs.hidden, inputs.weight, inputs.bias, inputs.targets, None, transform, request)
+    actual = SoftmaxStats(*LinearSoftmaxStats.apply(*args, backend or TritonBackend()))
     for name in ("lse", "target_logit", *used):
         assert getattr(actual, name).dtype == torch.float32
         assert_close(getattr(actual, name), getattr(expected, name), STATS_TOL[dtype], f"{name} (seed={seed})")
@@ -164,9 +162,8 @@ def test_accumulator_equals_weighted_sum_of_weight_rows(transform, fresh_seed):
     """The sweep's accumulator is sum_v p_v z'_v W_v, also alongside the optional statistics."""
     inputs, transform = head(bias=True), TRANSFORMS[transform]
     request = StatsRequest(logit_sum=True, mean_logit=True)
-    stats, acc = TritonBackend().sweep(
-        inputs.hidden.detach(), inputs.weight.detach(), inputs.bias.detach(), inputs.targets, transform, request, True
-    )
+    rows = ScoredRows(inputs.hidden.detach(), inputs.targets)
+    stats, acc = TritonBackend().sweep(rows, inputs.weight.detach(), inputs.bias.detach(), transform, request, True)
     ref = inputs.as_float64()
     logits = transform.apply(F.linear(ref.hidden, ref.weight, ref.bias)).detach()
     expected = (logits.softmax(-1) * transform.derivative(logits)) @ ref.weight.detach()
@@ -202,7 +199,7 @@ def test_row_loss_sum_matches_reference(transform, frozen, entropy, gradient_pas
         return loss - 0.1 * (stats.lse - stats.mean_logit) if entropy else loss
 
     total = LinearRowLossSum.apply(
-        inputs.hidden, inputs.weight, inputs.bias, inputs.targets, transform, request, row_loss, backend
+        inputs.hidden, inputs.weight, inputs.bias, inputs.targets, None, transform, request, row_loss, backend
     )
     ref = inputs.as_float64()
     expected = row_loss(reference_stats(ref.hidden, ref.weight, ref.bias, ref.targets, transform, request)).sum()
@@ -235,18 +232,16 @@ def test_non_contiguous_inputs(fresh_seed):
 def test_no_rows_launches_nothing():
     inputs, backend = head(M=0), TritonBackend()
     hidden, weight, targets = inputs.hidden.detach(), inputs.weight.detach(), inputs.targets
-    stats, acc = backend.sweep(hidden, weight, None, targets, LogitTransform(), StatsRequest(), True)
+    rows = ScoredRows(hidden, targets)
+    stats, acc = backend.sweep(rows, weight, None, LogitTransform(), StatsRequest(), True)
     assert all(s.shape == (0,) for s in stats) and acc.shape == (0, weight.shape[1])
     grad = StatsGrad(torch.ones_like(stats.lse), None, None, None)
-    grads = backend.gradients(
-        hidden, weight, None, targets, LogitTransform(), stats, grad, GradNeeds(True, True, False)
-    )
+    grads = backend.gradients(rows, weight, None, LogitTransform(), stats, grad, GradNeeds(True, True, False))
     assert grads.hidden.shape == hidden.shape and not grads.weight.any() and grads.bias is None
 
 
 def test_float64_is_rejected_with_a_clear_error():
     inputs = head(M=4, V=16, D=16, dtype=torch.float64)
     with pytest.raises(TypeError, match="float64"):
-        TritonBackend().sweep(
-            inputs.hidden, inputs.weight, None, inputs.targets, LogitTransform(), StatsRequest(), False
-        )
+        rows = ScoredRows(inputs.hidden, inputs.targets)
+        TritonBackend().sweep(rows, inputs.weight, None, LogitTransform(), StatsRequest(), False)

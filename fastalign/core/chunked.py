@@ -1,12 +1,14 @@
 """Chunked PyTorch implementation of the softmax statistics: runs on any device.
 
-Two tilings, both with O(M * D) extra memory plus two bounded buffers, whatever M and V:
+Two tilings, both with O(M * D) extra memory plus bounded buffers, whatever M and V. The scored rows are read a
+block or chunk at a time (gathered past the ignored ones, see ScoredRows), never copied whole.
 
-- Vocabulary tiles ``[M, tile]`` for the statistics sweep, with an online softmax: running max ``m``, running sum
-  ``l``, and the frozen-head accumulator ``acc = sum_v exp(z_v - m) z'_v W_v`` rescaled by ``exp(m_old - m_new)``
-  when the max moves (flash attention's trick). The recomputing gradient pass uses the same tiles: with the saved
-  ``lse`` each tile's ``p`` is exact, so ``dW`` and ``db`` of a tile are complete after it and ``dh`` accumulates.
-  Each W tile is read once and stays in cache while all rows stream past it.
+- Blocks of rows x vocabulary tiles ``[block, tile]`` for the statistics sweep, with an online softmax: running max
+  ``m``, running sum ``l``, and the frozen-head accumulator ``acc = sum_v exp(z_v - m) z'_v W_v`` rescaled by
+  ``exp(m_old - m_new)`` when the max moves (flash attention's trick). The recomputing gradient pass uses the same
+  tiles: with the saved ``lse`` each tile's ``p`` is exact, so a block's ``dh`` is complete after its sweep and
+  ``dW``, ``db`` of a tile accumulate over the blocks. A block's hidden states and accumulator stay in cache while
+  the vocabulary streams past.
 - Row chunks ``[chunk, V]`` for a loss with a known upstream gradient on a trainable head: a chunk's full softmax
   is known, so its ``dL/da`` is formed in the forward sweep and feeds ``dh = G @ W`` and ``dW += G.T @ h``.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from fastalign.core.head import LogitTransform
+from fastalign.core.rows import ScoredRows
 from fastalign.core.stats import (
     Gradients,
     GradNeeds,
@@ -34,13 +37,20 @@ from fastalign.core.stats import (
     row_loss_and_grad,
 )
 
-DEFAULT_CHUNK_BYTES = 32 << 20
-"""One ``[chunk, V]`` float32 buffer of the row-chunked forward-gradient pass (two exist at a time). At V=32000,
-D=1024 on a 2-core x86 CPU, 256-row chunks keep the matmuls efficient and the trainable-head peak below torch's own
-chunked linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
+DEFAULT_CHUNK_BYTES = 128 << 20
+"""The ``[chunk, V]`` float32 buffers of the row-chunked forward-gradient pass, together: one buffer when the
+probabilities may overwrite the logits in place (no softcap, no mean_logit), else two. At V=32000 that is 1024 rows
+per chunk: each chunk reads and writes dW [V, D] once (dW += G.T @ h), so the chunk must be tall enough for that
+traffic to be small beside its three matmuls. Measured on a 2-core x86 CPU (N=4096, D=1024, V=32000, fp32, in one
+process, interleaved): 32/64/128 MiB took 0.92/0.87/0.83x naive's time, with a peak still below torch's chunked
+linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
 
-DEFAULT_TILE_BYTES = 8 << 20
-"""One ``[M, tile]`` float32 buffer of the vocabulary sweep (two exist at a time)."""
+DEFAULT_BLOCK_BYTES = 4 << 20
+"""The float32 hidden-state block ``[rows, D]`` the vocabulary sweeps stream their tiles past: 1024 rows at D=1024.
+It bounds the gathered copy of the scored rows and the accumulator slice that stay in cache through the sweep."""
+
+DEFAULT_TILE_BYTES = 4 << 20
+"""One ``[block rows, tile]`` float32 buffer of a vocabulary sweep (two exist at a time)."""
 
 LAZY_RESCALE = 8.0
 """How far (in nats) a tile's max may exceed the running reference max before the sweep rescales to it."""
@@ -50,55 +60,81 @@ MIN_TILE = 256
 
 
 class ChunkedTorchBackend:
-    def __init__(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, tile_bytes: int = DEFAULT_TILE_BYTES):
+    def __init__(
+        self,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        tile_bytes: int = DEFAULT_TILE_BYTES,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ):
         self.chunk_bytes = chunk_bytes
         self.tile_bytes = tile_bytes
+        self.block_bytes = block_bytes
+
+    def rows_per_block(self, dim: int) -> int:
+        return max(1, self.block_bytes // (4 * dim))
 
     def vocab_tile(self, num_rows: int, vocab_size: int) -> int:
         return min(vocab_size, max(MIN_TILE, self.tile_bytes // (4 * max(num_rows, 1))))
 
-    def rows_per_chunk(self, vocab_size: int) -> int:
-        return max(1, self.chunk_bytes // (4 * vocab_size))
+    def rows_per_chunk(self, vocab_size: int, buffers: int = 2) -> int:
+        return max(1, self.chunk_bytes // (4 * vocab_size * buffers))
 
-    def _chunks(self, hidden: torch.Tensor, vocab_size: int):
-        """Yield (rows, logits buffer, probs buffer) for row chunks of at most rows_per_chunk rows."""
-        num_rows = hidden.shape[0]
-        step = min(self.rows_per_chunk(vocab_size), max(num_rows, 1))
-        workspace = _Workspace(step * vocab_size, hidden.device, _stats_dtype(hidden))
-        for start in range(0, num_rows, step):
-            rows = slice(start, min(start + step, num_rows))
-            n = rows.stop - rows.start
-            yield rows, workspace.logits(n, vocab_size), workspace.probs(n, vocab_size)
+    def _blocks(self, rows: ScoredRows, dim: int, first: int = 0):
+        """Yield (slice of the scored rows, their hidden states [n, D]) for blocks of at most rows_per_block, from
+        scored row ``first`` on."""
+        step = self.rows_per_block(dim)
+        for start in range(first, rows.num_rows, step):
+            block = slice(start, min(start + step, rows.num_rows))
+            yield block, rows.hidden_block(block.start, block.stop)
 
-    def _tiles(self, hidden: torch.Tensor, vocab_size: int):
-        """Yield (cols, logits buffer, probs buffer) for vocabulary tiles of all rows."""
-        num_rows = hidden.shape[0]
+    def _tiles(self, num_rows: int, vocab_size: int, workspace: _Workspace):
+        """Yield (cols, logits buffer, probs buffer) for vocabulary tiles of ``num_rows`` rows."""
         tile = self.vocab_tile(num_rows, vocab_size)
-        workspace = _Workspace(num_rows * tile, hidden.device, _stats_dtype(hidden))
         for start in range(0, vocab_size, tile):
             cols = slice(start, min(start + tile, vocab_size))
             width = cols.stop - cols.start
             yield cols, workspace.logits(num_rows, width), workspace.probs(num_rows, width)
 
-    def sweep(self, hidden, weight, bias, targets, transform, request, accumulate):
-        """One online-softmax pass over vocabulary tiles (see the module docstring)."""
-        (num_rows, dim), vocab_size = hidden.shape, weight.shape[0]
-        dtype = _stats_dtype(hidden)
-        row_max = hidden.new_full((num_rows,), float("-inf"), dtype=dtype)
-        partition = hidden.new_zeros(num_rows, dtype=dtype)  # l = sum_v exp(z_v - m)
-        stats = _empty_stats(num_rows, hidden.device, dtype)
-        weighted_sum = hidden.new_zeros(num_rows, dtype=dtype)  # sum_v exp(z_v - m) z_v (mean_logit numerator)
-        acc = hidden.new_zeros(num_rows, dim, dtype=dtype) if accumulate else None
-        if num_rows == 0:
-            return stats, acc
-        for cols, logits_buffer, exp_buffer in self._tiles(hidden, vocab_size):
+    def _tile_workspace(self, rows: ScoredRows, weight) -> _Workspace:
+        block = min(self.rows_per_block(weight.shape[1]), rows.num_rows)
+        return _Workspace(block * self.vocab_tile(block, weight.shape[0]), weight.device, _stats_dtype(weight))
+
+    def sweep(self, rows, weight, bias, transform, request, accumulate, keep_logits=False):
+        """One online-softmax pass over vocabulary tiles per block of rows (see the module docstring). With
+        ``keep_logits`` the logits of the first kept_rows() rows are written, transposed, into the float32 buffer
+        that backward turns into dW (see gradients), which is returned."""
+        dtype = _stats_dtype(weight)
+        stats = _empty_stats(rows.num_rows, weight.device, dtype)
+        acc = weight.new_zeros(rows.num_rows, weight.shape[1], dtype=dtype) if accumulate else None
+        kept = weight.new_empty(weight.numel(), dtype=dtype) if keep_logits else None
+        if rows.num_rows == 0:
+            return stats, acc if accumulate else kept
+        kept_logits = None if kept is None else _kept_logits(kept, weight, rows.num_rows)
+        workspace = self._tile_workspace(rows, weight)
+        for block, hidden in self._blocks(rows, weight.shape[1]):
+            block_stats = SoftmaxStats(*(s[block] for s in stats))
+            block_acc = None if acc is None else acc[block]
+            block_kept = None if kept_logits is None else kept_logits[:, block]  # [V, kept rows of the block]
+            self._sweep_block(hidden, weight, bias, rows.targets[block], transform, request, block_stats, block_acc,
+                              block_kept, workspace)  # fmt: skip
+        return stats, acc if accumulate else kept
+
+    def _sweep_block(self, hidden, weight, bias, targets, transform, request, stats, acc, kept, workspace):
+        """Fill ``stats`` (and ``acc`` [n, D], ``kept`` [V, <= n] when given) of one block of rows, hidden [n, D]."""
+        num_rows = hidden.shape[0]
+        row_max = stats.lse.new_full((num_rows,), float("-inf"))
+        partition = stats.lse.new_zeros(num_rows)  # l = sum_v exp(z_v - m)
+        weighted_sum = stats.lse.new_zeros(num_rows)  # sum_v exp(z_v - m) z_v (mean_logit numerator)
+        for cols, logits_buffer, exp_buffer in self._tiles(num_rows, weight.shape[0], workspace):
             tile_bias = None if bias is None else bias[cols]
             logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
+            if kept is not None and kept.shape[1] > 0:
+                kept[cols].copy_(logits[: kept.shape[1]].t())
             _pick_targets_(stats.target_logit, logits, targets, cols)
             if request.logit_sum:
                 stats.logit_sum.add_(logits.sum(1))
             # Lazy rescaling: the reference max moves only when a tile's max exceeds it by LAZY_RESCALE, so after
-            # the first tile the [M, D] accumulator is almost never rescaled (exp(z - m) <= e^8 stays safe).
+            # the first tile the [n, D] accumulator is almost never rescaled (exp(z - m) <= e^8 stays safe).
             tile_max = logits.amax(1)
             new_max = torch.where(tile_max > row_max + LAZY_RESCALE, tile_max, row_max)
             rescale = torch.exp(row_max - new_max)  # 0 on the first tile, where row_max = -inf
@@ -106,7 +142,7 @@ class ChunkedTorchBackend:
             partition.mul_(rescale).add_(exps.sum(1))
             if request.mean_logit:
                 weighted_sum.mul_(rescale).add_(torch.linalg.vecdot(exps, logits))
-            if accumulate:
+            if acc is not None:
                 _apply_derivative_(exps, logits, transform)
                 if cols.start > 0 and bool((rescale != 1.0).any()):
                     acc.mul_(rescale.unsqueeze(1))
@@ -115,55 +151,109 @@ class ChunkedTorchBackend:
         stats.lse.copy_(row_max + partition.log())
         if request.mean_logit:
             stats.mean_logit.copy_(weighted_sum / partition)
-        if accumulate:
+        if acc is not None:
             acc.div_(partition.unsqueeze(1))
-        return stats, acc
 
-    def gradients(self, hidden, weight, bias, targets, transform, stats, grad, needs):
-        """Recompute the logits tile by tile over the vocabulary: each W tile is read once, ``dW`` and ``db`` of a
-        tile are complete after it, and ``dh`` accumulates in float32."""
-        grads = _zero_gradients(hidden, weight, bias, needs)
-        if hidden.shape[0] == 0:
+    def gradients(self, rows, weight, bias, transform, stats, grad, needs, kept=None):
+        """Recompute the logits tile by tile over the vocabulary, block by block of rows: ``dh`` of a block is
+        complete after its sweep, ``dW`` and ``db`` of a tile accumulate over the blocks, in float32. The rows whose
+        logits the sweep kept (``kept``) are not recomputed: see _gradients_of_kept_rows."""
+        grads = _zero_gradients(rows, weight, bias, needs, weight_buffer=kept)
+        first = 0 if kept is None else self._gradients_of_kept_rows(rows, weight, transform, stats, grad, grads, kept)
+        if first == rows.num_rows:
             return grads
-        hidden_for_dw = hidden.to(grads.weight.dtype) if grads.weight is not None else None
-        for cols, logits_buffer, probs_buffer in self._tiles(hidden, weight.shape[0]):
-            tile_bias = None if bias is None else bias[cols]
-            logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
-            # p = exp(z - lse): the saved log-partition normalizes each tile on its own.
-            probs = torch.sub(logits, stats.lse.unsqueeze(1), out=probs_buffer).exp_()
-            logit_grad = _logit_grad_(probs, logits, targets, transform, stats, grad, cols)
-            if grads.hidden is not None:
-                _add_matmul_(grads.hidden, logit_grad, weight[cols])
-            if grads.weight is not None:
-                torch.mm(logit_grad.t(), hidden_for_dw, out=grads.weight[cols])
-            if grads.bias is not None:
-                grads.bias[cols] = logit_grad.sum(0)
+        workspace = self._tile_workspace(rows, weight)
+        for block, hidden in self._blocks(rows, weight.shape[1], first):
+            targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
+            hidden_for_dw = hidden.to(grads.weight.dtype) if grads.weight is not None else None
+            for cols, logits_buffer, probs_buffer in self._tiles(hidden.shape[0], weight.shape[0], workspace):
+                tile_bias = None if bias is None else bias[cols]
+                logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
+                self._tile_gradients(logits, probs_buffer, hidden_for_dw, weight, targets, transform, block_stats,
+                                     block_grad, grads, block, cols)  # fmt: skip
         return grads
 
-    def row_loss_sum(self, hidden, weight, bias, targets, transform, request, row_loss: RowLoss, needs: GradNeeds):
+    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept) -> int:
+        """Gradients of the first kept_rows() rows from their kept logits, turning ``kept`` into dW on the way;
+        returns how many rows that was.
+
+        The kept logits are z.T [V, R] at the start of the buffer, dW [V, D] is the whole buffer, R <= D. Going
+        through the vocabulary tiles backwards, a tile's logits are used up (dL/da formed from them) before dW's rows
+        of that tile are written: those rows start at flat offset cols.start * D, at or past the end
+        (cols.start * R) of the logits of the tiles still to come. So dW of these rows costs one matmul per tile and
+        no recomputation.
+        """
+        num_kept = kept_rows(rows.num_rows, weight)
+        if num_kept == 0:
+            grads.weight.zero_()
+            return 0
+        kept_logits = _kept_logits(kept, weight, rows.num_rows)
+        block = slice(0, num_kept)
+        hidden = rows.hidden_block(0, num_kept)
+        hidden_for_dw = hidden.to(grads.weight.dtype)
+        targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
+        tile = self.vocab_tile(num_kept, weight.shape[0])
+        probs_buffer = kept.new_empty(num_kept * tile)
+        for start in reversed(range(0, weight.shape[0], tile)):
+            cols = slice(start, min(start + tile, weight.shape[0]))
+            probs = probs_buffer[: num_kept * (cols.stop - cols.start)].view(num_kept, -1)
+            self._tile_gradients(kept_logits[cols].t(), probs, hidden_for_dw, weight, targets, transform, block_stats,
+                                 block_grad, grads, block, cols, first=True)  # fmt: skip
+        return num_kept
+
+    @staticmethod
+    def _tile_gradients(logits, probs_buffer, hidden_for_dw, weight, targets, transform, stats, grad, grads, block,
+                        cols, first=False):  # fmt: skip
+        """Add one [rows, tile] block's share to dh[block], dW[cols] and db[cols] from its logits ``z`` (used up);
+        with ``first`` dW[cols] and db[cols] are written rather than added to (they hold no gradient yet)."""
+        # p = exp(z - lse): the saved log-partition normalizes each tile on its own.
+        probs = torch.sub(logits, stats.lse.unsqueeze(1), out=probs_buffer).exp_()
+        logit_grad = _logit_grad_(probs, logits, targets, transform, stats, grad, cols)
+        if grads.hidden is not None:
+            _add_matmul_(grads.hidden[block], logit_grad, weight[cols])
+        if grads.weight is not None:
+            if first:
+                torch.mm(logit_grad.t(), hidden_for_dw, out=grads.weight[cols])
+            else:
+                grads.weight[cols].addmm_(logit_grad.t(), hidden_for_dw)
+        if grads.bias is not None:
+            if first:
+                grads.bias[cols] = logit_grad.sum(0)
+            else:
+                grads.bias[cols] += logit_grad.sum(0)
+
+    def row_loss_sum(self, rows, weight, bias, transform, request, row_loss: RowLoss, needs: GradNeeds):
         if not needs.any or accumulator_pays_off(needs, request, transform):
             # Frozen head: the vocabulary sweep with its accumulator is 2 matmuls and needs no [chunk, V] buffers.
-            return gradients_via_recompute(self, hidden, weight, bias, targets, transform, request, row_loss, needs)
-        grads = _zero_gradients(hidden, weight, bias, needs)
-        total = hidden.new_zeros((), dtype=_stats_dtype(hidden))
-        vocab = slice(0, weight.shape[0])
-        for rows, logits_buffer, probs_buffer in self._chunks(hidden, weight.shape[0]):
-            logits = _logits(hidden[rows], weight, bias, transform, logits_buffer)
-            chunk_stats, probs = _softmax_stats(logits, targets[rows], request, probs_buffer)
+            return gradients_via_recompute(self, rows, weight, bias, transform, request, row_loss, needs)
+        grads = _zero_gradients(rows, weight, bias, needs)
+        total = weight.new_zeros((), dtype=_stats_dtype(weight))
+        vocab_size = weight.shape[0]
+        # The probabilities overwrite the logits unless the gradient needs the logits too (see _logit_grad_).
+        in_place = transform.softcap is None and not request.mean_logit
+        step = min(self.rows_per_chunk(vocab_size, buffers=1 if in_place else 2), max(rows.num_rows, 1))
+        workspace = _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place)
+        for start in range(0, rows.num_rows, step):
+            chunk = slice(start, min(start + step, rows.num_rows))
+            n, targets = chunk.stop - chunk.start, rows.targets[chunk]
+            hidden = rows.hidden_block(chunk.start, chunk.stop)
+            logits = _logits(hidden, weight, bias, transform, workspace.logits(n, vocab_size))
+            chunk_stats, probs = _softmax_stats(logits, targets, request, workspace.probs(n, vocab_size))
             chunk_total, chunk_grad = row_loss_and_grad(row_loss, chunk_stats)
             total += chunk_total
-            logit_grad = _logit_grad_(probs, logits, targets[rows], transform, chunk_stats, chunk_grad, vocab)
-            _accumulate(grads, rows, logit_grad, hidden[rows], weight)
+            logit_grad = _logit_grad_(probs, logits, targets, transform, chunk_stats, chunk_grad, slice(0, vocab_size))
+            _accumulate(grads, chunk, logit_grad, hidden, weight)
         return total, grads
 
 
 class _Workspace:
     """Two flat float buffers (logits; probabilities, then dL/da) viewed as contiguous [rows, width] blocks:
-    allocated once per call, since a fresh 16-64 MiB buffer per block costs a page fault per 4 KiB on CPU."""
+    allocated once per call, since a fresh 16-64 MiB buffer per block costs a page fault per 4 KiB on CPU. With
+    ``shared`` both are one buffer (for a caller that overwrites the logits with the probabilities)."""
 
-    def __init__(self, numel: int, device, dtype):
+    def __init__(self, numel: int, device, dtype, shared: bool = False):
         self._logits = torch.empty(numel, device=device, dtype=dtype)
-        self._probs = torch.empty(numel, device=device, dtype=dtype)
+        self._probs = self._logits if shared else torch.empty(numel, device=device, dtype=dtype)
 
     def logits(self, rows: int, width: int) -> torch.Tensor:
         return self._logits[: rows * width].view(rows, width)
@@ -172,8 +262,13 @@ class _Workspace:
         return self._probs[: rows * width].view(rows, width)
 
 
-def _stats_dtype(hidden: torch.Tensor) -> torch.dtype:
-    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+def _stats_dtype(weight: torch.Tensor) -> torch.dtype:
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+def _rows_of(per_row: tuple, block: slice) -> tuple:
+    """The block's slice of each [M] vector of a SoftmaxStats / StatsGrad (None stays None)."""
+    return type(per_row)(*(None if v is None else v[block] for v in per_row))
 
 
 def _empty_stats(num_rows: int, device, dtype) -> SoftmaxStats:
@@ -193,17 +288,18 @@ def _logits(hidden, weight, bias, transform: LogitTransform, out: torch.Tensor) 
 
 
 def _softmax_stats(logits: torch.Tensor, targets, request: StatsRequest, out: torch.Tensor):
-    """Statistics of one chunk, and its probabilities ``p`` [n, V] written into ``out`` (``logits`` is kept).
+    """Statistics of one chunk, and its probabilities ``p`` [n, V] written into ``out``, which may be ``logits``
+    itself (then the logits are gone; only possible when mean_logit is not requested).
 
     log_softmax is one fused row-wise kernel (a 32k-vocabulary row stays in cache through max, sum and subtract).
     ``lse = max_v z_v - max_v log p_v`` follows from it exactly: max_v log p_v = -log sum_v exp(z_v - max) is
     small, so it carries no rounding error of the logits' magnitude (``z_y - log p_y`` would, for large logits).
     """
     row_max = logits.amax(dim=1)
-    log_probs = torch.log_softmax(logits, dim=1, out=out)
-    lse = row_max - log_probs.amax(dim=1)
     target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
     logit_sum = logits.sum(1) if request.logit_sum else None
+    log_probs = torch.log_softmax(logits, dim=1, out=out)
+    lse = row_max - log_probs.amax(dim=1)
     probs = log_probs.exp_()
     mean_logit = torch.linalg.vecdot(probs, logits) if request.mean_logit else None
     return SoftmaxStats(lse, target_logit, logit_sum, mean_logit), probs
@@ -267,13 +363,27 @@ def _add_matmul_(out: torch.Tensor, logit_grad: torch.Tensor, matrix: torch.Tens
         out.add_(_matmul(logit_grad, matrix))
 
 
-def _zero_gradients(hidden, weight, bias, needs: GradNeeds) -> Gradients:
-    dtype = _stats_dtype(hidden)
+def _zero_gradients(rows: ScoredRows, weight, bias, needs: GradNeeds, weight_buffer=None) -> Gradients:
+    """Zero float32 gradients; dW is ``weight_buffer`` [V * D] as it is (not zeroed) when given."""
+    dtype = _stats_dtype(weight)
+    if needs.weight:
+        grad_weight = weight.new_zeros(weight.shape, dtype=dtype) if weight_buffer is None else weight_buffer
     return Gradients(
-        hidden.new_zeros(hidden.shape, dtype=dtype) if needs.hidden else None,
-        weight.new_zeros(weight.shape, dtype=dtype) if needs.weight else None,
+        weight.new_zeros(rows.num_rows, weight.shape[1], dtype=dtype) if needs.hidden else None,
+        grad_weight.view(weight.shape) if needs.weight else None,
         bias.new_zeros(bias.shape, dtype=dtype) if needs.bias else None,
     )
+
+
+def kept_rows(num_rows: int, weight: torch.Tensor) -> int:
+    """How many rows' logits sweep(keep_logits=True) keeps: as many as fit in a [V, D] buffer, R = min(M, D)."""
+    return min(num_rows, weight.shape[1])
+
+
+def _kept_logits(kept: torch.Tensor, weight: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The kept logits z.T [V, R], at the start of the flat dW buffer ``kept``."""
+    num_kept = kept_rows(num_rows, weight)
+    return kept[: weight.shape[0] * num_kept].view(weight.shape[0], num_kept)
 
 
 def _accumulate(grads: Gradients, rows: slice, logit_grad, hidden, weight) -> None:

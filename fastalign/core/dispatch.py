@@ -16,6 +16,7 @@ import torch
 from fastalign.core.chunked import ChunkedTorchBackend
 from fastalign.core.head import LogitTransform
 from fastalign.core.reference import reference_stats
+from fastalign.core.rows import ScoredRows
 from fastalign.core.stats import LinearRowLossSum, LinearSoftmaxStats, RowLoss, SoftmaxStats, StatsRequest
 
 IMPLEMENTATIONS = ("auto", "triton", "torch", "reference")
@@ -60,34 +61,33 @@ def _backend(impl: str):
 
 
 def softmax_stats(
-    hidden: torch.Tensor,
+    rows: ScoredRows,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    targets: torch.Tensor,
     transform: LogitTransform,
     request: StatsRequest,
     impl: str,
 ) -> SoftmaxStats:
-    """Differentiable statistics of the scored rows: hidden [M, D], targets [M] -> 4 x [M]."""
-    impl = resolve(impl, hidden.device)
+    """Differentiable statistics of the M scored rows (see ScoredRows) -> 4 x [M]."""
+    impl = resolve(impl, rows.hidden.device)
     if impl == "reference":
-        return reference_stats(hidden, weight, bias, targets, transform, request)
-    stats = LinearSoftmaxStats.apply(hidden, weight, bias, targets, transform, request, _backend(impl))
-    return SoftmaxStats(*stats)
+        return reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, request)
+    args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, request, _backend(impl))
+    return SoftmaxStats(*LinearSoftmaxStats.apply(*args))
 
 
 def row_loss_sum(
-    hidden: torch.Tensor,
+    rows: ScoredRows,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    targets: torch.Tensor,
     transform: LogitTransform,
     request: StatsRequest,
     row_loss: RowLoss,
     impl: str,
 ) -> torch.Tensor:
-    """``sum_rows row_loss(stats)`` (a scalar) with its gradient formed during the forward sweep."""
-    impl = resolve(impl, hidden.device)
+    """``sum_rows row_loss(stats)`` over the scored rows (a scalar), its gradient formed during the forward sweep."""
+    impl = resolve(impl, rows.hidden.device)
     if impl == "reference":
-        return row_loss(reference_stats(hidden, weight, bias, targets, transform, request)).sum()
-    return LinearRowLossSum.apply(hidden, weight, bias, targets, transform, request, row_loss, _backend(impl))
+        return row_loss(reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, request)).sum()
+    args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, request, row_loss, _backend(impl))
+    return LinearRowLossSum.apply(*args)

@@ -1,7 +1,8 @@
-"""Input validation and compaction of the rows that have a target.
+"""Input validation, and the rows that have a target.
 
 Ignored positions (prompt, padding: ``targets == ignore_index``) are dropped before any vocabulary work, so they
-cost nothing; results are scattered back with exact zeros in their place.
+cost nothing: backends gather the scored rows a bounded block at a time (no compacted copy of the hidden states),
+and results are scattered back with exact zeros in their place.
 """
 
 from __future__ import annotations
@@ -14,23 +15,46 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 @dataclass
-class Rows:
-    """The scored rows of a batch. hidden [M, D] and targets [M] are the rows whose target is not ignored."""
+class ScoredRows:
+    """The rows of a batch that have a target, addressed without copying them.
+
+    ``hidden`` [N, D] holds every row of the flattened batch; ``targets`` [M] (in ``[0, V)``) and ``index`` [M]
+    (int64 positions in ``hidden``; None when all N rows are scored) describe the M scored ones. Backends read
+    bounded blocks of them through :meth:`hidden_block`, so ignored rows are never copied, and return gradients for
+    the M scored rows, which :meth:`expand` puts back in place.
+    """
 
     hidden: torch.Tensor
     targets: torch.Tensor
-    index: torch.Tensor | None  # positions of the scored rows in the flattened batch; None when all are scored
-    shape: torch.Size  # the batch shape (targets.shape) results are returned in
+    index: torch.Tensor | None = None
+    shape: torch.Size | None = None  # the batch shape (targets' shape before flattening); None means [M]
 
     @property
     def num_rows(self) -> int:
         return self.targets.shape[0]
 
+    def hidden_block(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """hidden [stop - start, D] of scored rows start..stop: a view when every row is scored, else a gather."""
+        stop = self.num_rows if stop is None else stop
+        if self.index is None:
+            return self.hidden[start:stop]
+        return self.hidden.index_select(0, self.index[start:stop])
+
+    def expand(self, values: torch.Tensor) -> torch.Tensor:
+        """[M, ...] per-row values -> [N, ...] with zeros at the ignored rows (differentiable)."""
+        return expand_rows(values, self.index, self.hidden.shape[0])
+
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """[M] per-row values -> the batch shape, 0.0 at ignored positions (differentiable)."""
-        if self.index is not None:
-            values = values.new_zeros(self.shape.numel()).index_copy(0, self.index, values)
-        return values.reshape(self.shape)
+        return self.expand(values).reshape(self.shape if self.shape is not None else values.shape)
+
+
+def expand_rows(values: torch.Tensor, index: torch.Tensor | None, num_rows: int) -> torch.Tensor:
+    """values [M, ...] of the rows at ``index`` [M] -> [num_rows, ...], zeros elsewhere (index None: as is)."""
+    if index is None:
+        return values
+    # In place into fresh zeros (autograd records it all the same): out-of-place index_copy would copy the zeros.
+    return values.new_zeros(num_rows, *values.shape[1:]).index_copy_(0, index, values)
 
 
 def check_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -59,7 +83,7 @@ def check_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             )
 
 
-def prepare_rows(hidden, weight, targets, bias, ignore_index: int) -> Rows:
+def prepare_rows(hidden, weight, targets, bias, ignore_index: int) -> ScoredRows:
     """Validate the inputs and keep the rows whose target is not ``ignore_index``.
 
     hidden [..., D], weight [V, D], targets [...] integer, bias [V] or None.
@@ -90,9 +114,9 @@ def prepare_rows(hidden, weight, targets, bias, ignore_index: int) -> Rows:
 
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     if bool(scored.all()):
-        return Rows(flat_hidden, flat_targets, None, targets.shape)
+        return ScoredRows(flat_hidden, flat_targets, None, targets.shape)
     index = scored.nonzero().squeeze(1)
-    return Rows(flat_hidden.index_select(0, index), flat_targets.index_select(0, index), index, targets.shape)
+    return ScoredRows(flat_hidden, flat_targets.index_select(0, index), index, targets.shape)
 
 
 def _describe(value) -> str:

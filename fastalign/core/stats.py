@@ -38,6 +38,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from fastalign.core.head import LogitTransform
+from fastalign.core.rows import ScoredRows, expand_rows
 
 
 class SoftmaxStats(NamedTuple):
@@ -84,7 +85,8 @@ class GradNeeds:
 
 
 class Gradients(NamedTuple):
-    """float32 gradients; ``None`` where not needed. hidden ``[M, D]``, weight ``[V, D]``, bias ``[V]``."""
+    """float32 gradients; ``None`` where not needed. hidden ``[M, D]`` (the scored rows), weight ``[V, D]``,
+    bias ``[V]``."""
 
     hidden: torch.Tensor | None
     weight: torch.Tensor | None
@@ -96,42 +98,45 @@ RowLoss = Callable[[SoftmaxStats], torch.Tensor]
 
 
 class Backend(Protocol):
-    """What an implementation (chunked PyTorch, Triton) provides. Inputs: hidden ``[M, D]`` (only rows with a
-    valid target), weight ``[V, D]``, bias ``[V]`` or None, targets ``[M]`` int64 in ``[0, V)``."""
+    """What an implementation (chunked PyTorch, Triton) provides. Inputs: the M scored rows (hidden states and
+    targets in ``[0, V)``, see :class:`ScoredRows`), weight ``[V, D]``, bias ``[V]`` or None."""
 
     def sweep(
         self,
-        hidden,
+        rows: ScoredRows,
         weight,
         bias,
-        targets,
         transform: LogitTransform,
         request: StatsRequest,
         accumulate: bool,
+        keep_logits: bool = False,
     ) -> tuple[SoftmaxStats, torch.Tensor | None]:
-        """Statistics, and with ``accumulate`` the frozen-head accumulator ``sum_v p_v z'_v W_v`` [M, D] fp32."""
+        """Statistics, and what backward uses in place of a recomputation: with ``accumulate`` (frozen head) the
+        accumulator ``sum_v p_v z'_v W_v`` [M, D] fp32; with ``keep_logits`` (trainable head) None, or the float32
+        buffer that ``gradients`` will turn into dW, holding the logits of the first rows meanwhile (a backend's
+        own layout, e.g. ChunkedTorchBackend's)."""
         ...
 
     def gradients(
         self,
-        hidden,
+        rows: ScoredRows,
         weight,
         bias,
-        targets,
         transform: LogitTransform,
         stats: SoftmaxStats,
         grad: StatsGrad,
         needs: GradNeeds,
+        kept: torch.Tensor | None = None,
     ) -> Gradients:
-        """Recompute the logits tile by tile and form the gradients for the given statistic gradients."""
+        """Recompute the logits tile by tile (except those in ``kept``, from ``sweep(keep_logits=True)``) and form
+        the gradients for the given statistic gradients."""
         ...
 
     def row_loss_sum(
         self,
-        hidden,
+        rows: ScoredRows,
         weight,
         bias,
-        targets,
         transform: LogitTransform,
         request: StatsRequest,
         row_loss: RowLoss,
@@ -151,17 +156,17 @@ def row_loss_and_grad(row_loss: RowLoss, stats: SoftmaxStats) -> tuple[torch.Ten
     return total.detach(), StatsGrad(*(None if leaf is None else next(grads) for leaf in leaves))
 
 
-def gradients_via_recompute(backend, hidden, weight, bias, targets, transform, request, row_loss, needs):
+def gradients_via_recompute(backend, rows, weight, bias, transform, request, row_loss, needs):
     """Default :meth:`Backend.row_loss_sum`: one statistics sweep, then one gradient sweep with known coefficients."""
     accumulate = accumulator_pays_off(needs, request, transform)
-    stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
+    stats, acc = backend.sweep(rows, weight, bias, transform, request, accumulate=accumulate)
     total, grad = row_loss_and_grad(row_loss, stats)
     if not needs.any:
         return total, Gradients(None, None, None)
     if acc is not None and accumulator_covers(grad, transform):
-        dh = hidden_grad_from_accumulator(acc, weight, targets, stats, grad, transform, overwrite=True)
+        dh = hidden_grad_from_accumulator(acc, weight, rows.targets, stats, grad, transform, overwrite=True)
         return total, Gradients(dh, None, None)
-    return total, backend.gradients(hidden, weight, bias, targets, transform, stats, grad, needs)
+    return total, backend.gradients(rows, weight, bias, transform, stats, grad, needs)
 
 
 def accumulator_pays_off(needs: GradNeeds, request: StatsRequest, transform: LogitTransform) -> bool:
@@ -208,50 +213,62 @@ def hidden_grad_from_accumulator(
     return dh
 
 
-def _cast_gradients(grads: Gradients, hidden, weight, bias) -> tuple:
+def _cast_gradients(grads: Gradients, index, num_hidden_rows: int, weight, bias) -> tuple:
+    """The gradients in the inputs' dtypes (hidden's is weight's), dh expanded from the scored rows to all
+    ``num_hidden_rows`` rows of hidden."""
     return (
-        None if grads.hidden is None else grads.hidden.to(hidden.dtype),
+        None if grads.hidden is None else expand_rows(grads.hidden.to(weight.dtype), index, num_hidden_rows),
         None if grads.weight is None else grads.weight.to(weight.dtype),
         None if grads.bias is None else grads.bias.to(bias.dtype),
     )
 
 
 class LinearSoftmaxStats(torch.autograd.Function):
-    """Differentiable :class:`SoftmaxStats` of ``transform(hidden @ weight.T + bias)``, computed by ``backend``."""
+    """Differentiable :class:`SoftmaxStats` of the scored rows of ``transform(hidden @ weight.T + bias)``, computed
+    by ``backend``: hidden [N, D] every row, targets [M] and index [M] (or None) the scored ones (see ScoredRows)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, transform, request, backend):
+    def forward(ctx, hidden, weight, bias, targets, index, transform, request, backend):
         needs = GradNeeds(*ctx.needs_input_grad[:3])
         accumulate = accumulator_pays_off(needs, request, transform)
-        stats, acc = backend.sweep(hidden, weight, bias, targets, transform, request, accumulate=accumulate)
+        rows = ScoredRows(hidden, targets, index)
+        stats, saved = backend.sweep(
+            rows, weight, bias, transform, request, accumulate=accumulate, keep_logits=needs.weight
+        )
+        acc, kept = (saved, None) if accumulate else (None, saved)
         ctx.transform, ctx.backend, ctx.needs = transform, backend, needs
         ctx.set_materialize_grads(False)  # statistics no loss used arrive as None, not as zeros
-        ctx.save_for_backward(hidden, weight, bias, targets, *stats, acc)
+        # The accumulator path needs no hidden states in backward, only their number of rows.
+        ctx.num_hidden_rows = hidden.shape[0]
+        ctx.save_for_backward(hidden if acc is None else None, weight, bias, targets, index, *stats, acc, kept)
         unrequested = [s for s, on in zip(stats[2:], (request.logit_sum, request.mean_logit)) if not on]
         ctx.mark_non_differentiable(*unrequested)
         return stats
 
     @staticmethod
     def backward(ctx, *stat_grads):
-        hidden, weight, bias, targets, *saved_stats, acc = ctx.saved_tensors
+        hidden, weight, bias, targets, index, *saved_stats, acc, kept = ctx.saved_tensors
         stats = SoftmaxStats(*saved_stats)
         grad = StatsGrad(*(None if g is None else g.to(stats.lse.dtype) for g in stat_grads))
         if acc is not None:
             dh = hidden_grad_from_accumulator(acc, weight, targets, stats, grad, ctx.transform)
             grads = Gradients(dh, None, None)
         else:
-            grads = ctx.backend.gradients(hidden, weight, bias, targets, ctx.transform, stats, grad, ctx.needs)
-        return (*_cast_gradients(grads, hidden, weight, bias), None, None, None, None)
+            rows = ScoredRows(hidden, targets, index)
+            grads = ctx.backend.gradients(rows, weight, bias, ctx.transform, stats, grad, ctx.needs, kept)
+        return (*_cast_gradients(grads, index, ctx.num_hidden_rows, weight, bias), None, None, None, None, None)
 
 
 class LinearRowLossSum(torch.autograd.Function):
-    """``sum_rows row_loss(stats)`` as a scalar, with gradients formed in the forward sweep."""
+    """``sum_rows row_loss(stats)`` as a scalar over the scored rows (hidden, targets, index: as for
+    LinearSoftmaxStats), with gradients formed in the forward sweep."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, transform, request, row_loss, backend):
+    def forward(ctx, hidden, weight, bias, targets, index, transform, request, row_loss, backend):
         needs = GradNeeds(*ctx.needs_input_grad[:3])
-        total, grads = backend.row_loss_sum(hidden, weight, bias, targets, transform, request, row_loss, needs)
-        grads = _cast_gradients(grads, hidden, weight, bias)
+        rows = ScoredRows(hidden, targets, index)
+        total, grads = backend.row_loss_sum(rows, weight, bias, transform, request, row_loss, needs)
+        grads = _cast_gradients(grads, index, hidden.shape[0], weight, bias)
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
         ctx.present = [g is not None for g in grads]
         return total
@@ -264,4 +281,4 @@ class LinearRowLossSum(torch.autograd.Function):
         scaled = [
             (g if unit else g * grad_total) if present else None for g, present in zip(ctx.saved_tensors, ctx.present)
         ]
-        return (*scaled, None, None, None, None, None)
+        return (*scaled, None, None, None, None, None, None)

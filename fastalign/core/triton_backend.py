@@ -22,19 +22,22 @@ def _transform_args(transform: LogitTransform) -> dict:
 
 
 class TritonBackend:
-    def sweep(self, hidden, weight, bias, targets, transform, request, accumulate):
+    """The kernels take the scored rows' hidden states as one contiguous [M, D] block (gathered when some rows are
+    ignored). They keep no logits for backward (``keep_logits`` is not implemented): backward recomputes them."""
+
+    def sweep(self, rows, weight, bias, transform, request, accumulate, keep_logits=False):
         *stats, acc = softmax_stats(
-            hidden, weight, bias, targets, **_transform_args(transform),
+            rows.hidden_block(), weight, bias, rows.targets, **_transform_args(transform),
             logit_sum=request.logit_sum, mean_logit=request.mean_logit, accumulate=accumulate,
         )  # fmt: skip
         return SoftmaxStats(*stats), acc
 
-    def gradients(self, hidden, weight, bias, targets, transform, stats, grad, needs):
+    def gradients(self, rows, weight, bias, transform, stats, grad, needs, kept=None):
         grads = logit_grad(
-            hidden, weight, bias, targets, stats.lse, stats.mean_logit, *grad, **_transform_args(transform),
-            grad_hidden=needs.hidden, grad_weight=needs.weight, grad_bias=needs.bias,
+            rows.hidden_block(), weight, bias, rows.targets, stats.lse, stats.mean_logit, *grad,
+            **_transform_args(transform), grad_hidden=needs.hidden, grad_weight=needs.weight, grad_bias=needs.bias,
         )  # fmt: skip
         return Gradients(*grads)
 
-    def row_loss_sum(self, hidden, weight, bias, targets, transform, request, row_loss, needs):
-        return gradients_via_recompute(self, hidden, weight, bias, targets, transform, request, row_loss, needs)
+    def row_loss_sum(self, rows, weight, bias, transform, request, row_loss, needs):
+        return gradients_via_recompute(self, rows, weight, bias, transform, request, row_loss, needs)

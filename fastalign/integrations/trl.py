@@ -13,8 +13,8 @@ Which TRL code is replaced, and why there:
         from it (all DPO loss types and their weighted combinations, f-divergences, ``ld_alpha``, WPO weighting,
         precomputed reference log-probs, KTO's KL term, SFT's nll / dft) keeps TRL's own math, names and metrics.
         What changes is the head: prompt and padding rows are dropped before any vocabulary work on every device
-        (TRL only compacts under Triton), a frozen head (LoRA/QLoRA) takes the 2-matmul path, and the block of
-        logits alive at a time is 64 MiB (chunked PyTorch backend; Triton tiles on GPU).
+        (TRL only compacts under Triton), a frozen head (LoRA/QLoRA) takes the 2-matmul path, and the logits alive
+        at a time are two bounded vocabulary tiles (chunked PyTorch backend; Triton tiles on GPU).
     experimental ORPOTrainer, CPOTrainer  ``concatenated_forward``
         These run the model with full logits ([2B, T, V], plus float32 copies in the log-softmax and the
         cross-entropy). The replacement runs it with ``logits_to_keep`` set to no position, scores the preference
