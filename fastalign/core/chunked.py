@@ -196,7 +196,8 @@ class ChunkedTorchBackend:
         probs_buffer = kept.new_empty(num_kept * tile)
         for start in reversed(range(0, weight.shape[0], tile)):
             cols = slice(start, min(start + tile, weight.shape[0]))
-            probs = probs_buffer[: num_kept * (cols.stop - cols.start)].view(num_kept, -1)
+            # [R, tile] laid out like the kept logits (column-major): elementwise work runs on contiguous memory
+            probs = probs_buffer[: num_kept * (cols.stop - cols.start)].view(-1, num_kept).t()
             self._tile_gradients(kept_logits[cols].t(), probs, hidden_for_dw, weight, targets, transform, block_stats,
                                  block_grad, grads, block, cols, first=True)  # fmt: skip
         return num_kept
@@ -334,10 +335,12 @@ def _logit_grad_(probs, logits, targets, transform: LogitTransform, stats: Softm
     if grad.logit_sum is not None:
         probs.add_(grad.logit_sum.unsqueeze(1))
     if grad.target_logit is not None:
-        # probs[i, y_i] += c_target[i], through the flat view (much faster on CPU than a dim-1 scatter_add_)
+        # probs[i, y_i] += c_target[i], through the flat memory (much faster on CPU than a dim-1 scatter_add_);
+        # probs is dense, row-major or (kept rows, see _gradients_of_kept_rows) column-major.
         rows = _rows_with_target_in(targets, cols)
-        flat_target = rows * probs.shape[1] + (targets[rows] - cols.start)
-        probs.view(-1).index_add_(0, flat_target, grad.target_logit[rows].to(probs.dtype))
+        flat_target = rows * probs.stride(0) + (targets[rows] - cols.start) * probs.stride(1)
+        flat = probs.as_strided((probs.numel(),), (1,))
+        flat.index_add_(0, flat_target, grad.target_logit[rows].to(probs.dtype))
     _apply_derivative_(probs, logits, transform)
     return probs
 
