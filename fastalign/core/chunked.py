@@ -17,6 +17,7 @@ Matmul count per call, V-sized (the cost that matters):
     frozen head, any loss      forward: logits + accumulator          backward: none (elementwise)   = 2
     trainable head, row loss   forward: logits + dh + dW               backward: none (scaling)       = 3
     trainable head, log-probs  forward: logits                         backward: logits + dh + dW     = 4
+                               (3 for the first D rows: their logits are kept in the memory that becomes dW)
 """
 
 from __future__ import annotations
