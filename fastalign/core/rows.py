@@ -27,7 +27,7 @@ class ScoredRows:
     hidden: torch.Tensor
     targets: torch.Tensor
     index: torch.Tensor | None = None
-    shape: torch.Size | None = None  # the batch shape (targets' shape before flattening); None means [M]
+    shape: torch.Size | None = None  # the batch shape (targets' shape before flattening); None: the flat [N]
 
     @property
     def num_rows(self) -> int:
@@ -46,7 +46,8 @@ class ScoredRows:
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """[M] per-row values -> the batch shape, 0.0 at ignored positions (differentiable)."""
-        return self.expand(values).reshape(self.shape if self.shape is not None else values.shape)
+        expanded = self.expand(values)
+        return expanded if self.shape is None else expanded.reshape(self.shape)
 
 
 def expand_rows(values: torch.Tensor, index: torch.Tensor | None, num_rows: int) -> torch.Tensor:
