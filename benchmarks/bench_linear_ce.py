@@ -443,22 +443,22 @@ def run_case(cfg: Config, method: Method, mode: Mode, inputs: Inputs | None = No
     return measure(Step(fn, inputs, mode), cfg)
 
 
-def worker(spec: dict) -> None:
-    """Subprocess entry: run `spec["modes"]` of one method, one after the other, each with fresh inputs."""
-    cfg = Config(**spec["config"])
-    for mode_name in spec["modes"]:
-        measurement, outputs = run_case(cfg, METHODS[spec["method"]], MODES[mode_name])
-        path = Path(spec["outputs"]) / f"{spec['method']}-{mode_name}.pt"
-        torch.save({k: v.detach().cpu() for k, v in outputs.items() if v is not None}, path)
-        del outputs
-        print("RESULT " + json.dumps({"mode": mode_name, **asdict(measurement)}), flush=True)
+# The worker protocol both benchmark scripts use on CPU: the parent runs `script --worker SPEC`; for each case (a
+# tuple of names) the worker saves the outputs to `<scratch>/<names joined by ->.pt` and prints one RESULT line.
 
 
-def run_subprocess(cfg: Config, method: Method, mode_names: list[str], scratch: Path) -> dict:
-    """{mode: (Measurement, outputs) or the exception that stopped it} from one worker process."""
-    spec = {"config": asdict(cfg), "method": method.name, "modes": mode_names, "outputs": str(scratch)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    timeout = (120 if cfg.quick else 1800) * len(mode_names)
+def report_case(scratch: str, case: tuple[str, ...], measurement: Measurement, outputs: dict) -> None:
+    """Worker side: hand one case's Measurement and outputs to the parent."""
+    path = Path(scratch) / ("-".join(case) + ".pt")
+    torch.save({k: v.detach().cpu() for k, v in outputs.items() if v is not None}, path)
+    print("RESULT " + json.dumps({"case": list(case), **asdict(measurement)}), flush=True)
+
+
+def run_worker(script: str, spec: dict, cases: list[tuple[str, ...]], scratch: Path, quick: bool) -> dict:
+    """Parent side: {case: (Measurement, outputs) or the exception that stopped it} from one worker process running
+    ``script --worker spec`` (spec["outputs"] must be ``scratch``)."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
+    timeout = (120 if quick else 1800) * len(cases)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
@@ -469,16 +469,33 @@ def run_subprocess(cfg: Config, method: Method, mode_names: list[str], scratch: 
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
             fields = json.loads(line[len("RESULT ") :])
-            mode_name = fields.pop("mode")
-            path = scratch / f"{method.name}-{mode_name}.pt"
-            results[mode_name] = (Measurement(**fields), torch.load(path))
+            case = tuple(fields.pop("case"))
+            path = scratch / ("-".join(case) + ".pt")
+            results[case] = (Measurement(**fields), torch.load(path))
             path.unlink()
     if code < 0:
         failure = RuntimeError(f"worker killed by signal {-code} (out of memory?)")
     else:
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         failure = RuntimeError(lines[-1] if lines else f"worker exited with {code}")
-    return {mode: results.get(mode, failure) for mode in mode_names}
+    return {case: results.get(case, failure) for case in map(tuple, cases)}
+
+
+def worker(spec: dict) -> None:
+    """Subprocess entry: run `spec["modes"]` of one method, one after the other, each with fresh inputs."""
+    cfg = Config(**spec["config"])
+    for mode_name in spec["modes"]:
+        measurement, outputs = run_case(cfg, METHODS[spec["method"]], MODES[mode_name])
+        report_case(spec["outputs"], (spec["method"], mode_name), measurement, outputs)
+        del outputs
+
+
+def run_subprocess(cfg: Config, method: Method, mode_names: list[str], scratch: Path) -> dict:
+    """{mode: (Measurement, outputs) or the exception that stopped it} from one worker process."""
+    spec = {"config": asdict(cfg), "method": method.name, "modes": mode_names, "outputs": str(scratch)}
+    cases = [(method.name, mode) for mode in mode_names]
+    results = run_worker(__file__, spec, cases, scratch, cfg.quick)
+    return {mode: results[(method.name, mode)] for mode in mode_names}
 
 
 def load(method: Method, device: torch.device, dtype: torch.dtype, quick: bool) -> Impl | str:
@@ -536,6 +553,18 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit.stdout.strip() + ("+dirty" if dirty.strip() else "")
+
+
+def write_report(report: dict, filename: str, out: Path | None, device: str, quick: bool) -> Path | None:
+    """Write the JSON report to ``out`` (default benchmarks/results/<device slug>/; none for --quick without
+    --out) and return its path."""
+    out_dir = out if out is not None or quick else RESULTS_DIR / results_slug(device)
+    if out_dir is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / filename
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return path
 
 
 def fmt(value, spec: str, missing: str = "-") -> str:
@@ -622,14 +651,15 @@ def parse_args(argv=None):
         seed=args.seed,
         quick=args.quick,
     )
-    methods = _pick(args.methods, METHODS, tuple(METHODS))
-    modes = _pick(args.modes, MODES, DEFAULT_MODES)
+    methods = pick(args.methods, METHODS, tuple(METHODS))
+    modes = pick(args.modes, MODES, DEFAULT_MODES)
     if "naive" not in methods:
         methods = ["naive", *methods]  # the baseline every ratio is taken against
     return args, cfg, methods, modes
 
 
-def _pick(arg: str | None, known: dict, default: tuple[str, ...]) -> list[str]:
+def pick(arg: str | None, known, default: tuple[str, ...] = ()) -> list[str]:
+    """The names in a comma list (``default`` when None), each checked against ``known``."""
     names = default if arg is None else [n.strip() for n in arg.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -761,12 +791,7 @@ def main(argv=None) -> int:
         "targets": targets,
         "rows": rows,
     }
-    out_dir = args.out
-    if out_dir is None and not cfg.quick:
-        out_dir = RESULTS_DIR / results_slug(cfg.device)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "linear_ce.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    written = write_report(report, "linear_ce.json", args.out, cfg.device, cfg.quick)
 
     print()
     for r in rows:
@@ -776,8 +801,8 @@ def main(argv=None) -> int:
         cpu = "" if t["cpu_time_ratio"] is None else f" [CPU time {t['cpu_time_ratio']:.2f}]"
         print(f"target: {t['method']} {t['mode']}: {t['what']} {t['ratio']:.2f}{cpu} (<= {t['limit']}): "
               f"{'met' if t['met'] else 'MISSED'}")  # fmt: skip
-    if out_dir is not None:
-        print(f"wrote {out_dir / 'linear_ce.json'}")
+    if written is not None:
+        print(f"wrote {written}")
     print()
     print_table(rows)
     return 1 if any(r.get("fails_run") for r in rows) else 0

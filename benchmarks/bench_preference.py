@@ -21,7 +21,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 from bench_linear_ce import (  # noqa: E402
     IGNORE_INDEX,
     LOGIT_STD,
-    RESULTS_DIR,
     TOLERANCES,
-    Measurement,
     Mode,
     Step,
     Unavailable,
@@ -51,8 +48,11 @@ from bench_linear_ce import (  # noqa: E402
     git_commit,
     measure,
     memory_method,
-    results_slug,
+    pick,
+    report_case,
+    run_worker,
     versions,
+    write_report,
 )
 
 LOSSES = ("dpo", "orpo")
@@ -293,37 +293,14 @@ def worker(spec: dict) -> None:
     for name, loss, mode_name in spec["cases"]:
         x = make_inputs(cfg, spec["ref_logps"])
         measurement, outputs = run_case(cfg, METHODS[name], loss, mode_name, x)
-        path = Path(spec["outputs"]) / f"{name}-{loss}-{mode_name}.pt"
-        torch.save({k: v.detach().cpu() for k, v in outputs.items() if v is not None}, path)
+        report_case(spec["outputs"], (name, loss, mode_name), measurement, outputs)
         del outputs, x
-        print("RESULT " + json.dumps({"case": [name, loss, mode_name], **asdict(measurement)}), flush=True)
 
 
 def run_subprocess(cfg: Config, cases: list[tuple[str, str, str]], ref_logps: list[float], scratch: Path) -> dict:
     """{case: (Measurement, outputs) or the exception that stopped it} from one worker process."""
     spec = {"config": asdict(cfg), "cases": cases, "ref_logps": ref_logps, "outputs": str(scratch)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    timeout = (120 if cfg.quick else 1800) * len(cases)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as expired:
-        stdout, stderr, code = expired.stdout or "", f"worker timed out after {timeout} s", 1
-        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
-    results = {}
-    for line in stdout.splitlines():
-        if line.startswith("RESULT "):
-            fields = json.loads(line[len("RESULT ") :])
-            case = tuple(fields.pop("case"))
-            path = scratch / ("-".join(case) + ".pt")
-            results[case] = (Measurement(**fields), torch.load(path))
-            path.unlink()
-    if code < 0:
-        failure = RuntimeError(f"worker killed by signal {-code} (out of memory?)")
-    else:
-        lines = [line for line in stderr.strip().splitlines() if line.strip()]
-        failure = RuntimeError(lines[-1] if lines else f"worker exited with {code}")
-    return {case: results.get(case, failure) for case in map(tuple, cases)}
+    return run_worker(__file__, spec, [tuple(case) for case in cases], scratch, cfg.quick)
 
 
 def run_in_process(cfg: Config, cases, x: Inputs) -> dict:
@@ -470,20 +447,12 @@ def parse_args(argv=None):
         seed=args.seed,
         quick=args.quick,
     )
-    losses = _pick(args.losses, LOSSES)
-    modes = _pick(args.modes, MODES)
-    methods = _pick(args.methods, METHODS) if args.methods else list(METHODS)
+    losses = pick(args.losses, LOSSES)
+    modes = pick(args.modes, MODES)
+    methods = pick(args.methods, METHODS) if args.methods else list(METHODS)
     if "naive" not in methods:
         methods = ["naive", *methods]  # the baseline every time ratio is taken against
     return args, cfg, losses, modes, methods
-
-
-def _pick(arg: str, known) -> list[str]:
-    names = [n.strip() for n in arg.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown {unknown}; choose from {', '.join(known)}")
-    return names
 
 
 def main(argv=None) -> int:
@@ -578,12 +547,7 @@ def main(argv=None) -> int:
         "targets": targets,
         "rows": rows,
     }
-    out_dir = args.out
-    if out_dir is None and not cfg.quick:
-        out_dir = RESULTS_DIR / results_slug(cfg.device)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "preference.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    written = write_report(report, "preference.json", args.out, cfg.device, cfg.quick)
 
     print()
     for r in rows:
@@ -592,8 +556,8 @@ def main(argv=None) -> int:
     for t in targets:
         print(f"target: {t['method']} {t['loss']} {t['mode']}: {t['what']} {t['ratio']:.2f} (<= {t['limit']}): "
               f"{'met' if t['met'] else 'MISSED'}")  # fmt: skip
-    if out_dir is not None:
-        print(f"wrote {out_dir / 'preference.json'}")
+    if written is not None:
+        print(f"wrote {written}")
     print()
     print_table(rows)
     return 1 if any(r.get("fails_run") for r in rows) else 0
