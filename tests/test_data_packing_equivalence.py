@@ -19,21 +19,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastalign.data import CPTOptions, PackedCollator, PaddedCollator, build_cpt_dataset
 from fastalign.data.packing import pack_examples
+from tests.tiny_models import TINY_SHAPE
 
 IGNORE = -100
 PAD = 0
 
 
 def tiny_llama(attn_implementation: str, vocab_size: int = 128) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=256, **TINY_SHAPE)
     config._attn_implementation = attn_implementation
     return LlamaForCausalLM(config).eval()
 

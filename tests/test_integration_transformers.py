@@ -13,18 +13,10 @@ import torch
 import transformers
 
 from fastalign.integrations.transformers import CausalLMLoss, apply_to_model, is_applied, remove_from_model
+from tests.tiny_models import TINY_SHAPE
 
-VOCAB, DIM = 256, 32
-COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=DIM,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    pad_token_id=0,
-)
+VOCAB = 256
+COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, pad_token_id=0, **TINY_SHAPE)
 ARCHITECTURES = {
     "llama": (transformers.LlamaConfig, {}),
     "qwen2": (transformers.Qwen2Config, {}),

@@ -26,6 +26,7 @@ if trl.__version__ != "1.16.0":
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from fastalign.integrations import trl as fastalign_trl  # noqa: E402
+from tests.tiny_models import TINY_SHAPE  # noqa: E402
 
 PROMPTS = ["hello ", "what is up", "a b c", "good day ", "how are you", "tell me ", "one two", "yes or no"]
 CHOSEN = ["world.", " nothing", " d e", "sir", " fine thanks", "a story", " three", " yes"]
@@ -53,11 +54,7 @@ def base_model():
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=256,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,

@@ -14,17 +14,10 @@ import transformers
 
 from fastalign.lm_head import last_hidden_states, lm_head_of
 from fastalign.training.objectives import next_token_loss
+from tests.tiny_models import TINY_SHAPE
 
-VOCAB, DIM = 96, 32
-COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=DIM,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+VOCAB = 96
+COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, **TINY_SHAPE)
 ARCHITECTURES = {
     "llama": (transformers.LlamaConfig, {}),
     "qwen2": (transformers.Qwen2Config, {}),

@@ -19,6 +19,7 @@ from fastalign.data import PreferenceCollator, UnpairedCollator
 from fastalign.training import preference_objective
 from fastalign.training.preference import sequence_rewards
 from fastalign.training.reference import ReferencePolicy, precompute_reference_logps
+from tests.tiny_models import TINY_SHAPE
 
 VOCAB, PAD, EOS = 128, 0, 2
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -27,11 +28,7 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 def tiny_config(**extra) -> transformers.LlamaConfig:
     return transformers.LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=64,
         use_cache=False,
         attn_implementation="sdpa",

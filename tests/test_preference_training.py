@@ -20,6 +20,7 @@ from fastalign.config import AlignmentConfig, ConfigError, DPOOptions, load_conf
 from fastalign.data import PreferenceCollator
 from fastalign.training import FastAlignTrainer, preference_objective, train
 from fastalign.training.recipe import reference_policy
+from tests.tiny_models import TINY_SHAPE
 
 PAIRS = [
     {"prompt": f"Question {i}: is the hub on?", "chosen": f" Yes, hub {i} is on.", "rejected": " Who knows."}
@@ -35,11 +36,7 @@ def run_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=128,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -18,6 +18,7 @@ from transformers import TrainingArguments, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
 from fastalign.training import OBJECTIVES, FastAlignTrainer, NonFiniteLossError, Objective, next_token_loss
+from tests.tiny_models import TINY_SHAPE
 
 VOCAB, LENGTH = 64, 16
 
@@ -25,15 +26,7 @@ VOCAB, LENGTH = 64, 16
 def tiny_model_dir(path) -> str:
     """A 2-layer Llama (hidden 32) saved to ``path``, the common starting point of the runs compared."""
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=LENGTH,
-    )
+    config = transformers.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=LENGTH, **TINY_SHAPE)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     return str(path)
 
