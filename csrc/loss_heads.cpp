@@ -91,6 +91,19 @@ void run_backward(const Head& head, int64_t n, const Tensor& grad_loss, const at
 
 Tensor empty_like_vector(const Tensor& t) { return at::empty({t.size(0)}, t.options()); }
 
+// Backward of a pair head with an NLL term (ORPO, CPO: ``op.c`` the chosen log-probs, ``op.head`` the head):
+// gradients with respect to the chosen and rejected log-probs [B] and to the scalar nll_loss.
+template <typename PairWithNll>
+std::tuple<Tensor, Tensor, Tensor> pair_with_nll_backward(PairWithNll& op, const Tensor& grad_loss,
+                                                          const Tensor& nll_loss) {
+  Tensor gc = empty_like_vector(op.c), gr = empty_like_vector(op.c), gnll = at::empty({}, op.c.options());
+  op.head.grad_chosen = gc.mutable_data_ptr<float>();
+  op.head.grad_rejected = gr.mutable_data_ptr<float>();
+  op.head.grad_nll_loss = gnll.mutable_data_ptr<float>();
+  run_backward(op.head, op.c.size(0), grad_loss, op.c.device());
+  return {gc, gr, gnll.reshape(nll_loss.sizes())};
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // dpo_terms
 // ---------------------------------------------------------------------------------------------------------------
@@ -175,12 +188,7 @@ std::tuple<Tensor, Tensor, Tensor> orpo_terms_backward(const Tensor& grad_loss, 
                                                        const Tensor& rejected_logps, const Tensor& nll_loss,
                                                        double beta) {
   Orpo op(chosen_logps, rejected_logps, nll_loss, beta);
-  Tensor gc = empty_like_vector(op.c), gr = empty_like_vector(op.c), gnll = at::empty({}, op.c.options());
-  op.head.grad_chosen = gc.mutable_data_ptr<float>();
-  op.head.grad_rejected = gr.mutable_data_ptr<float>();
-  op.head.grad_nll_loss = gnll.mutable_data_ptr<float>();
-  run_backward(op.head, op.c.size(0), grad_loss, op.c.device());
-  return {gc, gr, gnll.reshape(nll_loss.sizes())};
+  return pair_with_nll_backward(op, grad_loss, nll_loss);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -262,12 +270,7 @@ std::tuple<Tensor, Tensor, Tensor> cpo_terms_backward(const Tensor& grad_loss, c
                                                       double beta, double gamma, c10::string_view loss_type,
                                                       double label_smoothing, double cpo_alpha) {
   Cpo op(chosen_logps, rejected_logps, nll_loss, beta, gamma, loss_type, label_smoothing, cpo_alpha);
-  Tensor gc = empty_like_vector(op.c), gr = empty_like_vector(op.c), gnll = at::empty({}, op.c.options());
-  op.head.grad_chosen = gc.mutable_data_ptr<float>();
-  op.head.grad_rejected = gr.mutable_data_ptr<float>();
-  op.head.grad_nll_loss = gnll.mutable_data_ptr<float>();
-  run_backward(op.head, op.c.size(0), grad_loss, op.c.device());
-  return {gc, gr, gnll.reshape(nll_loss.sizes())};
+  return pair_with_nll_backward(op, grad_loss, nll_loss);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
