@@ -30,16 +30,10 @@ import sys
 import time
 import warnings
 
+from step_bench import status_kib, step_model_config
+
 TRAINERS = ("dpo", "kto", "sft", "orpo", "cpo")
 MODES = ("trl", "fastalign", "fastalign-no-metrics")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def _tokenizer():
@@ -121,17 +115,7 @@ def _run(name: str, mode: str, settings: dict, results) -> None:
     if mode != "trl":
         patch_trl(exact_metrics=mode == "fastalign")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=settings["vocab"],
-        hidden_size=settings["dim"],
-        intermediate_size=4 * settings["dim"],
-        num_hidden_layers=settings["layers"],
-        num_attention_heads=max(settings["dim"] // 64, 1),
-        max_position_embeddings=2 * settings["tokens"],
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = step_model_config(settings, 2 * settings["tokens"], pad_token_id=0, bos_token_id=1, eos_token_id=2)
     model = transformers.LlamaForCausalLM(config)
 
     class StepProbe(transformers.TrainerCallback):
@@ -140,7 +124,7 @@ def _run(name: str, mode: str, settings: dict, results) -> None:
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == 1:  # after the warm-up step: reset the peak to the current RSS
-                self.before = _status_kib("VmRSS")
+                self.before = status_kib("VmRSS")
                 with open("/proc/self/clear_refs", "w") as clear_refs:
                     clear_refs.write("5")
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
@@ -156,7 +140,7 @@ def _run(name: str, mode: str, settings: dict, results) -> None:
         {
             "trainer": name,
             "mode": mode,
-            "peak_mib": (_status_kib("VmHWM") - probe.before) / 1024,
+            "peak_mib": (status_kib("VmHWM") - probe.before) / 1024,
             "step_s": min(probe.times[1:]),
             "step_cpu_s": min(probe.cpu_times[1:]),
         }

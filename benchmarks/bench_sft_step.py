@@ -21,13 +21,7 @@ import json
 import multiprocessing
 import time
 
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+from step_bench import status_kib, step_model_config
 
 
 def _one_step(method: str, settings: dict, results) -> None:
@@ -38,14 +32,7 @@ def _one_step(method: str, settings: dict, results) -> None:
     from fastalign.training import next_token_loss
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=settings["vocab"],
-        hidden_size=settings["dim"],
-        intermediate_size=4 * settings["dim"],
-        num_hidden_layers=settings["layers"],
-        num_attention_heads=max(settings["dim"] // 64, 1),
-        max_position_embeddings=settings["tokens"],
-    )
+    config = step_model_config(settings, settings["tokens"])
     model = transformers.LlamaForCausalLM(config)
     model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules="all-linear", lora_dropout=0.0))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -54,7 +41,7 @@ def _one_step(method: str, settings: dict, results) -> None:
     labels[:, : settings["tokens"] // 4] = -100
     inputs = {"input_ids": input_ids, "labels": labels}
 
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset the peak resident set size (VmHWM) to the current one
     start = time.perf_counter()
@@ -62,7 +49,7 @@ def _one_step(method: str, settings: dict, results) -> None:
     loss.backward()
     optimizer.step()
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     results.put({"method": method, "loss": loss.item(), "seconds": seconds, "peak_mib": peak / 1024,
                  "step_peak_mib": (peak - before) / 1024, "before_mib": before / 1024})  # fmt: skip
 

@@ -30,18 +30,12 @@ import platform
 import statistics
 import time
 
+from step_bench import status_kib, step_model_config
+
 OBJECTIVES = ("dpo", "orpo", "kto", "cpo")
 # Targets of issue 5: fastalign's step peak as a fraction of TRL's.
 TARGETS = {"dpo": 0.8, "orpo": 0.3, "kto": 0.8, "cpo": 0.3}
 BETA = 0.1
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def word_tokenizer(vocab: int):
@@ -84,17 +78,7 @@ def build_model(settings: dict):
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=settings["vocab"],
-        hidden_size=settings["dim"],
-        intermediate_size=4 * settings["dim"],
-        num_hidden_layers=settings["layers"],
-        num_attention_heads=max(settings["dim"] // 64, 1),
-        max_position_embeddings=settings["tokens"],
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    config = step_model_config(settings, settings["tokens"], bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = transformers.LlamaForCausalLM(config)
     model.config.use_cache = False
     return peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules="all-linear", lora_dropout=0.0))
@@ -257,7 +241,7 @@ def _one_case(objective: str, method: str, settings: dict, results) -> None:
             trainer.optimizer.zero_grad(set_to_none=True)
             return loss
 
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset the peak resident set size (VmHWM) to the current one
     seconds, losses = [], []
@@ -265,7 +249,7 @@ def _one_case(objective: str, method: str, settings: dict, results) -> None:
         start = time.perf_counter()
         losses.append(float(step()))
         seconds.append(time.perf_counter() - start)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     results.put(
         {
             "objective": objective,
