@@ -14,28 +14,13 @@ import math
 import pytest
 import reference_losses as ref
 import torch
+from loss_inputs import BATCH, EXTREME_CASES, GRAD_TOL, VALUE_TOL, averaged_logps, extreme_pairs, lengths, summed_logps
 
 from fastalign import losses
 from fastalign.losses import _dispatch
 
-VALUE_TOL = {"rtol": 1e-5, "atol": 1e-6}
-GRAD_TOL = {"rtol": 1e-4, "atol": 1e-7}
-BATCH = 8
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def summed_logps(batch=BATCH, scale=200.0):
-    """(policy, ref) summed log-probs in [-scale, 0] whose difference r is O(1): beta r spans the sigmoid."""
-    policy = -torch.rand(batch) * scale
-    return policy, (policy + 3 * torch.randn(batch)).clamp(max=0)
-
-
-def averaged_logps(batch=BATCH):
-    """Length-averaged log-probs spread log-uniformly over [-5, -1e-3]."""
-    return -torch.exp(torch.empty(batch).uniform_(math.log(1e-3), math.log(5.0)))
 
 
 def run_both(impl, reference, args, kwargs):
@@ -104,46 +89,15 @@ DPO_CASES = [
 ]
 
 
-def dpo_lengths(batch=BATCH):
-    return {
-        "chosen_lengths": torch.randint(1, 60, (batch,)),
-        "rejected_lengths": torch.randint(1, 60, (batch,)),
-    }
-
-
 @pytest.mark.parametrize(("loss_type", "eps"), DPO_CASES)
 @pytest.mark.parametrize("beta", [0.1, 2.0])
 def test_dpo_matches_reference(loss_type, eps, beta, fresh_seed):
     policy_c, ref_c = summed_logps()
     policy_r, ref_r = summed_logps()
-    kwargs = {"beta": beta, "loss_type": loss_type, "label_smoothing": eps, **dpo_lengths()}
+    kwargs = {"beta": beta, "loss_type": loss_type, "label_smoothing": eps, **lengths()}
     assert_matches_reference(
         losses.dpo_loss, ref.dpo, [policy_c, policy_r, ref_c, ref_r], kwargs, losses.DPO_METRICS, fresh_seed
     )
-
-
-def extreme_pairs(case, batch=BATCH):
-    """(policy_c, policy_r, ref_c, ref_r, beta) for one kind of extreme input."""
-    if case == "near_zero":  # log-probs in [-1e-6, 0]: r and z ~ 1e-6
-        return [-torch.rand(batch) * 1e-6 for _ in range(4)] + [0.1]
-    if case == "near_minus_1e4":  # large log-probs, O(1) differences: exact by Sterbenz, no fp32 cancellation
-        base = -1e4 + torch.rand(batch)
-        return [base + torch.randn(batch) for _ in range(4)] + [0.1]
-    if case == "equal":  # chosen == rejected: z = 0 exactly
-        policy, reference = summed_logps(batch)
-        return [policy, policy.clone(), reference, reference.clone(), 0.1]
-    if case == "huge_margin":  # beta z = +-1e5: every sigmoid saturates
-        sign = torch.where(torch.rand(batch) < 0.5, -1.0, 1.0)
-        zeros = torch.zeros(batch)
-        return [sign * 1e4, -sign * 1e4, zeros, zeros, 10.0]
-    if case == "big_beta":
-        policy_c, ref_c = summed_logps(batch)
-        policy_r, ref_r = summed_logps(batch)
-        return [policy_c, policy_r, ref_c, ref_r, 1e3]
-    raise ValueError(case)
-
-
-EXTREME_CASES = ["near_zero", "near_minus_1e4", "equal", "huge_margin", "big_beta"]
 
 
 @pytest.mark.parametrize("loss_type", losses.DPO_LOSS_TYPES)
@@ -151,7 +105,7 @@ EXTREME_CASES = ["near_zero", "near_minus_1e4", "equal", "huge_margin", "big_bet
 def test_dpo_extreme_inputs_are_finite_and_match_reference(loss_type, case, fresh_seed):
     *tensors, beta = extreme_pairs(case)
     eps = 0.1 if loss_type in ("robust", "exo_pair") else 0.0
-    kwargs = {"beta": beta, "loss_type": loss_type, "label_smoothing": eps, **dpo_lengths()}
+    kwargs = {"beta": beta, "loss_type": loss_type, "label_smoothing": eps, **lengths()}
     assert_matches_reference(
         losses.dpo_loss, ref.dpo, tensors, kwargs, losses.DPO_METRICS, fresh_seed, finite_reference_only=True
     )
@@ -189,9 +143,9 @@ def test_dpo_empty_completion_counts_as_length_one(loss_type, fresh_seed):
     policy_c, ref_c = summed_logps()
     policy_r, ref_r = summed_logps()
     policy_c[0] = ref_c[0] = 0.0
-    lengths = dpo_lengths()
-    zero_length = dict(lengths, chosen_lengths=lengths["chosen_lengths"].index_fill(0, torch.tensor([0]), 0))
-    unit_length = dict(lengths, chosen_lengths=lengths["chosen_lengths"].index_fill(0, torch.tensor([0]), 1))
+    given = lengths()
+    zero_length = dict(given, chosen_lengths=given["chosen_lengths"].index_fill(0, torch.tensor([0]), 0))
+    unit_length = dict(given, chosen_lengths=given["chosen_lengths"].index_fill(0, torch.tensor([0]), 1))
     args = (policy_c, policy_r, ref_c, ref_r)
     loss_zero = losses.dpo_loss(*args, loss_type=loss_type, **zero_length)[0]
     assert torch.isfinite(loss_zero), f"seed={fresh_seed}"
