@@ -113,7 +113,7 @@ class ChunkedTorchBackend:
         kept_logits = None if kept is None else _kept_logits(kept, weight, rows.num_rows)
         workspace = self._tile_workspace(rows, weight)
         for block, hidden in self._blocks(rows, weight.shape[1]):
-            block_stats = SoftmaxStats(*(s[block] for s in stats))
+            block_stats = _rows_of(stats, block)
             block_acc = None if acc is None else acc[block]
             block_kept = None if kept_logits is None else kept_logits[:, block]  # [V, kept rows of the block]
             self._sweep_block(hidden, weight, bias, rows.targets[block], transform, request, block_stats, block_acc,
