@@ -20,7 +20,17 @@ import warnings
 import pytest
 import reference_losses as ref
 import torch
-from loss_inputs import BATCH, GRAD_TOL, VALUE_TOL, averaged_logps, extreme_pairs, lengths, summed_logps
+from loss_inputs import (
+    BATCH,
+    GRAD_TOL,
+    VALUE_TOL,
+    averaged_logps,
+    cpo_case,
+    extreme_pairs,
+    lengths,
+    metric_tolerance,
+    summed_logps,
+)
 
 from fastalign import ext, losses
 from fastalign.ext import _build, _loader
@@ -90,8 +100,11 @@ def compare(name, got, expected, tol, msg, finite_only=False):
     torch.testing.assert_close(got, expected, **tol, msg=lambda m: f"{name} ({msg}): {m}")
 
 
-def check_three_ways(monkeypatch, device, seed, fn, reference, args, kwargs, *, finite_reference_only=False):
-    """The extension, the PyTorch path and the float64 reference agree on ``fn(*args, **kwargs)``."""
+def check_three_ways(
+    monkeypatch, device, seed, fn, reference, args, kwargs, *, finite_reference_only=False, metric_tol=VALUE_TOL
+):
+    """The extension, the PyTorch path and the float64 reference agree on ``fn(*args, **kwargs)`` (metrics to
+    ``metric_tol``)."""
     monkeypatch.setenv(ext.ENV_VAR, "1")
     out, metrics, grads = evaluate(fn, args, kwargs, dtype=torch.float32, device=device)
     assert "fastalign" in type(out.grad_fn).__name__, f"the extension did not run: {out.grad_fn}"
@@ -104,7 +117,7 @@ def check_three_ways(monkeypatch, device, seed, fn, reference, args, kwargs, *, 
     msg = f"seed={seed} device={device} options={ {k: v for k, v in kwargs.items() if not torch.is_tensor(v)} }"
     assert list(metrics) == list(torch_metrics) and set(metrics) == set(ref_metrics), msg
     pairs = [("output", out, torch_out, ref_out, VALUE_TOL)]
-    pairs += [(f"metric {n}", metrics[n], torch_metrics[n], ref_metrics[n], VALUE_TOL) for n in metrics]
+    pairs += [(f"metric {n}", metrics[n], torch_metrics[n], ref_metrics[n], metric_tol) for n in metrics]
     pairs += [
         (f"gradient {i}", g, tg, rg, GRAD_TOL) for i, (g, tg, rg) in enumerate(zip(grads, torch_grads, ref_grads))
     ]
@@ -145,9 +158,12 @@ def test_dpo_matches_pytorch_and_reference(loss_type, beta, device, monkeypatch,
 def test_dpo_extreme_inputs(loss_type, case, device, monkeypatch, fresh_seed):
     *tensors, beta = extreme_pairs(case)
     kwargs = {"beta": beta, "loss_type": loss_type, "label_smoothing": dpo_smoothing(loss_type), **lengths()}
+    policy_c, policy_r, ref_c, ref_r = tensors
+    tol = metric_tolerance(beta * (policy_c - ref_c), beta * (policy_r - ref_r))  # the rewards
     check_three_ways(
-        monkeypatch, device, fresh_seed, losses.dpo_loss, ref.dpo, tensors, kwargs, finite_reference_only=True
-    )
+        monkeypatch, device, fresh_seed, losses.dpo_loss, ref.dpo, tensors, kwargs, finite_reference_only=True,
+        metric_tol=tol,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "discopop"])
@@ -228,21 +244,9 @@ def test_kto_extreme_inputs(loss_type, device, monkeypatch, fresh_seed):
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 @pytest.mark.parametrize("magnitude", ["averaged", "summed", "big_beta"])
 def test_cpo_matches_pytorch_and_reference(loss_type, eps, magnitude, device, monkeypatch, fresh_seed):
-    if magnitude == "averaged":
-        args, beta = [averaged_logps(), averaged_logps()], 2.0
-    elif magnitude == "summed":
-        args, beta = [summed_logps()[0], summed_logps()[0]], 0.1
-    else:
-        args, beta = [averaged_logps(), averaged_logps()], 1e3
-    kwargs = {
-        "beta": beta,
-        "gamma": 0.8,
-        "loss_type": loss_type,
-        "label_smoothing": eps,
-        "nll_loss": torch.rand(()).requires_grad_(),
-        "cpo_alpha": 0.7,
-    }
-    check_three_ways(monkeypatch, device, fresh_seed, losses.cpo_loss, ref.cpo, args, kwargs)
+    args, kwargs = cpo_case(magnitude, loss_type, eps)
+    tol = metric_tolerance(*(kwargs["beta"] * a for a in args))  # rewards = beta * log-probs
+    check_three_ways(monkeypatch, device, fresh_seed, losses.cpo_loss, ref.cpo, args, kwargs, metric_tol=tol)
 
 
 @pytest.mark.parametrize("loss_type", ["simpo", "sigmoid", "hinge"])

@@ -14,7 +14,18 @@ import math
 import pytest
 import reference_losses as ref
 import torch
-from loss_inputs import BATCH, EXTREME_CASES, GRAD_TOL, VALUE_TOL, averaged_logps, extreme_pairs, lengths, summed_logps
+from loss_inputs import (
+    BATCH,
+    EXTREME_CASES,
+    GRAD_TOL,
+    VALUE_TOL,
+    averaged_logps,
+    cpo_case,
+    extreme_pairs,
+    lengths,
+    metric_tolerance,
+    summed_logps,
+)
 
 from fastalign import losses
 from fastalign.losses import _dispatch
@@ -50,8 +61,10 @@ def run_both(impl, reference, args, kwargs):
     return results
 
 
-def assert_matches_reference(impl, reference, args, kwargs, names, seed, *, finite_reference_only=False):
-    """Loss, every metric and every gradient of ``impl`` (fp32) match ``reference`` (float64).
+def assert_matches_reference(
+    impl, reference, args, kwargs, names, seed, *, finite_reference_only=False, metric_tol=VALUE_TOL
+):
+    """Loss, every metric (to ``metric_tol``) and every gradient of ``impl`` (fp32) match ``reference`` (float64).
 
     With ``finite_reference_only``, the comparison is skipped for quantities where the naive reference overflows,
     but the implementation must still be finite everywhere.
@@ -69,7 +82,7 @@ def assert_matches_reference(impl, reference, args, kwargs, names, seed, *, fini
     for name in names:
         value = metrics[name]
         assert value.dtype == torch.float32 and value.dim() == 0 and not value.requires_grad, f"{name}: {msg}"
-        torch.testing.assert_close(value.double(), ref_metrics[name], **VALUE_TOL, msg=f"metric {name}: {msg}")
+        torch.testing.assert_close(value.double(), ref_metrics[name], **metric_tol, msg=f"metric {name}: {msg}")
 
     for i, (grad, ref_grad) in enumerate(zip(grads, ref_grads, strict=True)):
         assert grad is not None and torch.isfinite(grad).all(), f"gradient {i} {grad}: {msg}"
@@ -106,9 +119,12 @@ def test_dpo_extreme_inputs_are_finite_and_match_reference(loss_type, case, fres
     *tensors, beta = extreme_pairs(case)
     eps = 0.1 if loss_type in ("robust", "exo_pair") else 0.0
     kwargs = {"beta": beta, "loss_type": loss_type, "label_smoothing": eps, **lengths()}
+    policy_c, policy_r, ref_c, ref_r = tensors
+    tol = metric_tolerance(beta * (policy_c - ref_c), beta * (policy_r - ref_r))  # the rewards
     assert_matches_reference(
-        losses.dpo_loss, ref.dpo, tensors, kwargs, losses.DPO_METRICS, fresh_seed, finite_reference_only=True
-    )
+        losses.dpo_loss, ref.dpo, tensors, kwargs, losses.DPO_METRICS, fresh_seed, finite_reference_only=True,
+        metric_tol=tol,
+    )  # fmt: skip
 
 
 def test_dpo_equal_pair_values():
@@ -277,21 +293,9 @@ def test_kto_kl_matches_reference(fresh_seed):
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 @pytest.mark.parametrize("magnitude", ["averaged", "summed", "big_beta"])
 def test_cpo_matches_reference(loss_type, eps, magnitude, fresh_seed):
-    if magnitude == "averaged":
-        args, beta = [averaged_logps(), averaged_logps()], 2.0
-    elif magnitude == "summed":
-        args, beta = [summed_logps()[0], summed_logps()[0]], 0.1
-    else:
-        args, beta = [averaged_logps(), averaged_logps()], 1e3
-    kwargs = {
-        "beta": beta,
-        "gamma": 0.8,
-        "loss_type": loss_type,
-        "label_smoothing": eps,
-        "nll_loss": torch.rand(()).requires_grad_(),
-        "cpo_alpha": 0.7,
-    }
-    assert_matches_reference(losses.cpo_loss, ref.cpo, args, kwargs, losses.CPO_METRICS, fresh_seed)
+    args, kwargs = cpo_case(magnitude, loss_type, eps)
+    tol = metric_tolerance(*(kwargs["beta"] * a for a in args))  # rewards = beta * log-probs
+    assert_matches_reference(losses.cpo_loss, ref.cpo, args, kwargs, losses.CPO_METRICS, fresh_seed, metric_tol=tol)
 
 
 def test_cpo_sigmoid_ignores_gamma():
