@@ -2,7 +2,7 @@
 
 from fastalign import losses
 from fastalign.cross_entropy import FusedLinearCrossEntropyLoss, linear_cross_entropy
-from fastalign.logprobs import linear_logprobs
+from fastalign.logprobs import linear_logprobs, linear_logprobs_loss
 from fastalign.losses.fused import FusedLinearCPOLoss, FusedLinearDPOLoss, FusedLinearKTOLoss, FusedLinearORPOLoss
 from fastalign.sequence_logprobs import count_empty, sequence_logprobs, sequence_token_counts
 
@@ -17,6 +17,7 @@ __all__ = [
     "count_empty",
     "linear_cross_entropy",
     "linear_logprobs",
+    "linear_logprobs_loss",
     "losses",
     "sequence_logprobs",
     "sequence_token_counts",

@@ -194,7 +194,7 @@ def test_blocks_tiles_and_chunks_match_one_block(softcap, mean_logit):
     buffers = 2 if mean_logit else 1
     small = chunked.ChunkedTorchBackend(chunk_bytes=8 * 4 * 700 * buffers, tile_bytes=1, block_bytes=7 * 4 * 16)
     one = chunked.ChunkedTorchBackend(chunk_bytes=1 << 30, tile_bytes=1 << 30, block_bytes=1 << 30)
-    assert small.rows_per_chunk(700, buffers) == 8 and small.vocab_tile(7, 700) == chunked.MIN_TILE
+    assert chunked.rows_per_chunk(small.chunk_bytes, 700, buffers) == 8 and small.vocab_tile(7, 700) == chunked.MIN_TILE
     assert small.rows_per_block(16) == 7
     index = (inputs.targets != -100).nonzero().squeeze(1)
     transform, request = LogitTransform(softcap=softcap), StatsRequest(logit_sum=True, mean_logit=mean_logit)

@@ -10,7 +10,8 @@ block or chunk at a time (gathered past the ignored ones, see ScoredRows), never
   ``dW``, ``db`` of a tile accumulate over the blocks. A block's hidden states and accumulator stay in cache while
   the vocabulary streams past.
 - Row chunks ``[chunk, V]`` for a loss with a known upstream gradient on a trainable head: a chunk's full softmax
-  is known, so its ``dL/da`` is formed in the forward sweep and feeds ``dh = G @ W`` and ``dW += G.T @ h``.
+  is known, so its ``dL/da`` is formed in the forward sweep and feeds ``dh = G @ W`` and ``dW += G.T @ h``. A
+  separable loss of the log-probs keeps such a chunk (the store) until its group's gradient is known.
 
 Matmuls run in the input dtype (tensor cores for bf16/fp16 on GPU); everything after them is float32.
 Matmul count per call, V-sized (the cost that matters):
@@ -18,9 +19,14 @@ Matmul count per call, V-sized (the cost that matters):
     trainable head, row loss   forward: logits + dh + dW               backward: none (scaling)       = 3
     trainable head, log-probs  forward: logits                         backward: logits + dh + dW     = 4
                                (3 for the first D rows: their logits are kept in the memory that becomes dW)
+    trainable head, separable  forward, phase by phase: logits, then dh + dW (+ logits if not kept)  = 3 or 4
+      loss of the log-probs    (3 for the rows a phase keeps: D in the dW buffer in the first phase, and
+                               DEFAULT_STORE_BYTES worth in every phase; see separable_loss)
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -35,7 +41,9 @@ from fastalign.core.stats import (
     StatsRequest,
     accumulator_pays_off,
     gradients_via_recompute,
+    logprob_grad,
     row_loss_and_grad,
+    separable_loss_via_stats,
 )
 
 DEFAULT_CHUNK_BYTES = 128 << 20
@@ -45,6 +53,11 @@ per chunk: each chunk reads and writes dW [V, D] once (dW += G.T @ h), so the ch
 traffic to be small beside its three matmuls. Measured on a 2-core x86 CPU (N=4096, D=1024, V=32000, fp32, in one
 process, interleaved): 32/64/128 MiB took 0.92/0.87/0.83x naive's time, with a peak still below torch's chunked
 linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
+
+DEFAULT_STORE_BYTES = 40 << 20
+"""The ``[rows, V]`` float32 logits a separable loss keeps per phase beside the dW buffer (separable_loss): 327
+rows at V=32000. Each kept row saves a recomputation of its logits; the budget keeps the trainable DPO/ORPO head
+of benchmarks/bench_preference.py (B=4 pairs, T=512, D=1024) under half of Liger-Kernel's peak."""
 
 DEFAULT_BLOCK_BYTES = 4 << 20
 """The float32 hidden-state block ``[rows, D]`` the vocabulary sweeps stream their tiles past: 1024 rows at D=1024.
@@ -66,10 +79,12 @@ class ChunkedTorchBackend:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         tile_bytes: int = DEFAULT_TILE_BYTES,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        store_bytes: int = DEFAULT_STORE_BYTES,
     ):
         self.chunk_bytes = chunk_bytes
         self.tile_bytes = tile_bytes
         self.block_bytes = block_bytes
+        self.store_bytes = store_bytes
 
     def rows_per_block(self, dim: int) -> int:
         return max(1, self.block_bytes // (4 * dim))
@@ -77,15 +92,12 @@ class ChunkedTorchBackend:
     def vocab_tile(self, num_rows: int, vocab_size: int) -> int:
         return min(vocab_size, max(MIN_TILE, self.tile_bytes // (4 * max(num_rows, 1))))
 
-    def rows_per_chunk(self, vocab_size: int, buffers: int = 2) -> int:
-        return max(1, self.chunk_bytes // (4 * vocab_size * buffers))
-
-    def _blocks(self, rows: ScoredRows, dim: int, first: int = 0):
-        """Yield (slice of the scored rows, their hidden states [n, D]) for blocks of at most rows_per_block, from
-        scored row ``first`` on."""
+    def _blocks(self, rows: ScoredRows, dim: int, span: slice):
+        """Yield (slice of the scored rows, their hidden states [n, D]) for blocks of at most rows_per_block that
+        cover the scored rows ``span``."""
         step = self.rows_per_block(dim)
-        for start in range(first, rows.num_rows, step):
-            block = slice(start, min(start + step, rows.num_rows))
+        for start in range(span.start, span.stop, step):
+            block = slice(start, min(start + step, span.stop))
             yield block, rows.hidden_block(block.start, block.stop)
 
     def _tiles(self, num_rows: int, vocab_size: int, workspace: _Workspace):
@@ -96,8 +108,8 @@ class ChunkedTorchBackend:
             width = cols.stop - cols.start
             yield cols, workspace.logits(num_rows, width), workspace.probs(num_rows, width)
 
-    def _tile_workspace(self, rows: ScoredRows, weight) -> _Workspace:
-        block = min(self.rows_per_block(weight.shape[1]), rows.num_rows)
+    def _tile_workspace(self, num_rows: int, weight) -> _Workspace:
+        block = min(self.rows_per_block(weight.shape[1]), num_rows)
         return _Workspace(block * self.vocab_tile(block, weight.shape[0]), weight.device, _stats_dtype(weight))
 
     def sweep(self, rows, weight, bias, transform, request, accumulate, keep_logits=False):
@@ -108,17 +120,23 @@ class ChunkedTorchBackend:
         stats = _empty_stats(rows.num_rows, weight.device, dtype)
         acc = weight.new_zeros(rows.num_rows, weight.shape[1], dtype=dtype) if accumulate else None
         kept = weight.new_empty(weight.numel(), dtype=dtype) if keep_logits else None
-        if rows.num_rows == 0:
-            return stats, acc if accumulate else kept
-        kept_logits = None if kept is None else _kept_logits(kept, weight, rows.num_rows)
-        workspace = self._tile_workspace(rows, weight)
-        for block, hidden in self._blocks(rows, weight.shape[1]):
+        num_kept = kept_rows(rows.num_rows, weight) if keep_logits else 0
+        self._sweep(rows, slice(0, rows.num_rows), weight, bias, transform, request, stats, acc, kept, num_kept)
+        return stats, acc if accumulate else kept
+
+    def _sweep(self, rows, span, weight, bias, transform, request, stats, acc=None, kept=None, num_kept=0):
+        """Fill ``stats`` (and ``acc``) at the scored rows ``span``; the logits of the scored rows [0, num_kept),
+        where the span covers them, go transposed into the flat buffer ``kept`` (see _kept_logits)."""
+        if span.stop == span.start:
+            return
+        kept_logits = _kept_logits(kept, weight, num_kept) if num_kept else None
+        workspace = self._tile_workspace(span.stop - span.start, weight)
+        for block, hidden in self._blocks(rows, weight.shape[1], span):
             block_stats = _rows_of(stats, block)
             block_acc = None if acc is None else acc[block]
             block_kept = None if kept_logits is None else kept_logits[:, block]  # [V, kept rows of the block]
             self._sweep_block(hidden, weight, bias, rows.targets[block], transform, request, block_stats, block_acc,
                               block_kept, workspace)  # fmt: skip
-        return stats, acc if accumulate else kept
 
     def _sweep_block(self, hidden, weight, bias, targets, transform, request, stats, acc, kept, workspace):
         """Fill ``stats`` (and ``acc`` [n, D], ``kept`` [V, <= n] when given) of one block of rows, hidden [n, D]."""
@@ -160,11 +178,18 @@ class ChunkedTorchBackend:
         complete after its sweep, ``dW`` and ``db`` of a tile accumulate over the blocks, in float32. The rows whose
         logits the sweep kept (``kept``) are not recomputed: see _gradients_of_kept_rows."""
         grads = _zero_gradients(rows, weight, bias, needs, weight_buffer=kept)
-        first = 0 if kept is None else self._gradients_of_kept_rows(rows, weight, transform, stats, grad, grads, kept)
-        if first == rows.num_rows:
-            return grads
-        workspace = self._tile_workspace(rows, weight)
-        for block, hidden in self._blocks(rows, weight.shape[1], first):
+        num_kept = 0 if kept is None else kept_rows(rows.num_rows, weight)
+        if kept is not None:
+            self._gradients_of_kept_rows(rows, weight, transform, stats, grad, grads, kept, num_kept)
+        self._recompute_gradients(rows, slice(num_kept, rows.num_rows), weight, bias, transform, stats, grad, grads)
+        return grads
+
+    def _recompute_gradients(self, rows, span, weight, bias, transform, stats, grad, grads) -> None:
+        """Add the gradients of the scored rows ``span`` to ``grads``, recomputing their logits."""
+        if span.stop == span.start:
+            return
+        workspace = self._tile_workspace(span.stop - span.start, weight)
+        for block, hidden in self._blocks(rows, weight.shape[1], span):
             targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
             hidden_for_dw = hidden.to(grads.weight.dtype) if grads.weight is not None else None
             for cols, logits_buffer, probs_buffer in self._tiles(hidden.shape[0], weight.shape[0], workspace):
@@ -172,11 +197,10 @@ class ChunkedTorchBackend:
                 logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
                 self._tile_gradients(logits, probs_buffer, hidden_for_dw, weight, targets, transform, block_stats,
                                      block_grad, grads, block, cols)  # fmt: skip
-        return grads
 
-    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept) -> int:
-        """Gradients of the first kept_rows() rows from their kept logits, turning ``kept`` into dW on the way;
-        returns how many rows that was.
+    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept, num_kept) -> None:
+        """Gradients of the scored rows [0, num_kept) from their kept logits, turning ``kept`` into dW on the way
+        (dW and db are written, not added to: call this first).
 
         The kept logits are z.T [V, R] at the start of the buffer, dW [V, D] is the whole buffer, R <= D. Going
         through the vocabulary tiles backwards, a tile's logits are used up (dL/da formed from them) before dW's rows
@@ -184,11 +208,10 @@ class ChunkedTorchBackend:
         (cols.start * R) of the logits of the tiles still to come. So dW of these rows costs one matmul per tile and
         no recomputation.
         """
-        num_kept = kept_rows(rows.num_rows, weight)
         if num_kept == 0:
             grads.weight.zero_()
-            return 0
-        kept_logits = _kept_logits(kept, weight, rows.num_rows)
+            return
+        kept_logits = _kept_logits(kept, weight, num_kept)
         block = slice(0, num_kept)
         hidden = rows.hidden_block(0, num_kept)
         hidden_for_dw = hidden.to(grads.weight.dtype)
@@ -201,7 +224,6 @@ class ChunkedTorchBackend:
             probs = probs_buffer[: num_kept * (cols.stop - cols.start)].view(-1, num_kept).t()
             self._tile_gradients(kept_logits[cols].t(), probs, hidden_for_dw, weight, targets, transform, block_stats,
                                  block_grad, grads, block, cols, first=True)  # fmt: skip
-        return num_kept
 
     @staticmethod
     def _tile_gradients(logits, probs_buffer, hidden_for_dw, weight, targets, transform, stats, grad, grads, block,
@@ -230,22 +252,92 @@ class ChunkedTorchBackend:
             return gradients_via_recompute(self, rows, weight, bias, transform, request, row_loss, needs)
         grads = _zero_gradients(rows, weight, bias, needs)
         total = weight.new_zeros((), dtype=_stats_dtype(weight))
-        vocab_size = weight.shape[0]
-        # The probabilities overwrite the logits unless the gradient needs the logits too (see _logit_grad_).
-        in_place = transform.softcap is None and not request.mean_logit
-        step = min(self.rows_per_chunk(vocab_size, buffers=1 if in_place else 2), max(rows.num_rows, 1))
-        workspace = _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place)
+        workspace, step = self._chunk_workspace(self.chunk_bytes, rows.num_rows, weight, transform, request)
         for start in range(0, rows.num_rows, step):
             chunk = slice(start, min(start + step, rows.num_rows))
-            n, targets = chunk.stop - chunk.start, rows.targets[chunk]
-            hidden = rows.hidden_block(chunk.start, chunk.stop)
-            logits = _logits(hidden, weight, bias, transform, workspace.logits(n, vocab_size))
-            chunk_stats, probs = _softmax_stats(logits, targets, request, workspace.probs(n, vocab_size))
-            chunk_total, chunk_grad = row_loss_and_grad(row_loss, chunk_stats)
+            scored = _score_chunk(rows, chunk, weight, bias, transform, request, workspace)
+            chunk_total, chunk_grad = row_loss_and_grad(row_loss, scored.stats)
             total += chunk_total
-            logit_grad = _logit_grad_(probs, logits, targets, transform, chunk_stats, chunk_grad, slice(0, vocab_size))
-            _accumulate(grads, chunk, logit_grad, hidden, weight)
+            scored.accumulate_gradients(chunk_grad, transform, weight, grads)
         return total, grads
+
+    @staticmethod
+    def _chunk_workspace(budget: int, num_rows: int, weight, transform, request) -> tuple[_Workspace, int]:
+        """Buffers for ``[rows, V]`` chunks within ``budget`` bytes, and their rows (at most num_rows, at least 1).
+        The probabilities overwrite the logits unless the gradient needs the logits too (see _logit_grad_)."""
+        in_place = transform.softcap is None and not request.mean_logit
+        vocab_size = weight.shape[0]
+        step = min(rows_per_chunk(budget, vocab_size, buffers=1 if in_place else 2), max(num_rows, 1))
+        return _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place), step
+
+    def separable_loss(self, rows, weight, bias, transform, group_sizes, row_grad, needs):
+        """Log-probs and gradients of a separable loss (see LinearSeparableLoss), one phase of whole groups at a
+        time on a trainable head: a phase's rows are scored, its gradient with respect to their log-probs is
+        taken, and their gradients are formed, before the next phase is scored.
+
+        Each phase keeps as many of its rows' logits as memory allows, so that those rows cost 3 matmuls and not
+        4 (a recomputation): the first phase keeps D rows in the buffer that becomes dW (as ``gradients`` does)
+        and every phase keeps ``store_bytes`` worth more in a [rows, V] chunk reused from phase to phase (a
+        composed loss could keep only the D: every row is scored before any gradient is known). The other rows
+        are swept (online softmax) and recomputed. A frozen head has no recomputation to save: every group at once.
+        """
+        if not needs.weight or rows.num_rows == 0:
+            return separable_loss_via_stats(self, rows, weight, bias, transform, group_sizes, row_grad, needs)
+        request = StatsRequest()
+        stats = _empty_stats(rows.num_rows, weight.device, _stats_dtype(weight))
+        grad = logprob_grad(torch.zeros_like(stats.lse))
+        dw_buffer = weight.new_empty(weight.numel(), dtype=_stats_dtype(weight))
+        grads = _zero_gradients(rows, weight, bias, needs, weight_buffer=dw_buffer)
+        store, store_rows = self._chunk_workspace(self.store_bytes, rows.num_rows, weight, transform, request)
+        dim = weight.shape[1]
+        for number, phase in enumerate(plan_phases(group_sizes, dim + store_rows, store_rows)):
+            num_kept = min(dim, phase.stop) if number == 0 else 0  # the first phase starts at row 0
+            stored = slice(phase.start + num_kept, min(phase.start + num_kept + store_rows, phase.stop))
+            swept = slice(stored.stop, phase.stop)
+            self._sweep(rows, slice(0, num_kept), weight, bias, transform, request, stats, kept=dw_buffer,
+                        num_kept=num_kept)  # fmt: skip
+            scored = _score_chunk(rows, stored, weight, bias, transform, request, store)
+            if scored is not None:
+                stats.lse[stored], stats.target_logit[stored] = scored.stats.lse, scored.stats.target_logit
+            self._sweep(rows, swept, weight, bias, transform, request, stats)
+            logps = stats.target_logit - stats.lse
+            grad.target_logit[phase] = row_grad(logps, phase)
+            torch.neg(grad.target_logit[phase], out=grad.lse[phase])
+            if number == 0:
+                self._gradients_of_kept_rows(rows, weight, transform, stats, grad, grads, dw_buffer, num_kept)
+            if scored is not None:
+                scored.accumulate_gradients(_rows_of(grad, stored), transform, weight, grads)
+            self._recompute_gradients(rows, swept, weight, bias, transform, stats, grad, grads)
+        return logps, grads
+
+
+class _ScoredChunk(NamedTuple):
+    """Scored rows ``rows`` with their whole softmax in memory (see _score_chunk)."""
+
+    rows: slice
+    hidden: torch.Tensor  # [n, D]
+    targets: torch.Tensor  # [n]
+    logits: torch.Tensor  # [n, V] (the same memory as probs when the workspace is shared: then gone)
+    probs: torch.Tensor  # [n, V]
+    stats: SoftmaxStats  # [n] each
+
+    def accumulate_gradients(self, grad: StatsGrad, transform: LogitTransform, weight, grads: Gradients) -> None:
+        """Add the chunk's share of the gradients for its statistic gradients ``grad`` ([n] each); uses up probs."""
+        vocab = slice(0, weight.shape[0])
+        logit_grad = _logit_grad_(self.probs, self.logits, self.targets, transform, self.stats, grad, vocab)
+        _accumulate(grads, self.rows, logit_grad, self.hidden, weight)
+
+
+def _score_chunk(rows: ScoredRows, chunk: slice, weight, bias, transform, request, workspace) -> _ScoredChunk | None:
+    """The logits [n, V] of the scored rows ``chunk`` in one matmul, and their softmax statistics (None if empty)."""
+    n = chunk.stop - chunk.start
+    if n == 0:
+        return None
+    vocab_size, targets = weight.shape[0], rows.targets[chunk]
+    hidden = rows.hidden_block(chunk.start, chunk.stop)
+    logits = _logits(hidden, weight, bias, transform, workspace.logits(n, vocab_size))
+    stats, probs = _softmax_stats(logits, targets, request, workspace.probs(n, vocab_size))
+    return _ScoredChunk(chunk, hidden, targets, logits, probs, stats)
 
 
 class _Workspace:
@@ -262,6 +354,31 @@ class _Workspace:
 
     def probs(self, rows: int, width: int) -> torch.Tensor:
         return self._probs[: rows * width].view(rows, width)
+
+
+def rows_per_chunk(budget: int, vocab_size: int, buffers: int) -> int:
+    """Rows of ``buffers`` float32 [rows, V] buffers that fit in ``budget`` bytes (at least 1)."""
+    return max(1, budget // (4 * vocab_size * buffers))
+
+
+def plan_phases(group_sizes: list[int], first_capacity: int, capacity: int) -> list[slice]:
+    """Split consecutive groups of rows into phases of whole groups (slices of the rows) for separable_loss: the
+    first phase can keep ``first_capacity`` rows' logits, each later one ``capacity``; rows beyond are recomputed.
+
+    Greedy: a group joins the current phase when it fits in the room left, or when its overflow there is smaller
+    than it would be at the start of a fresh phase (only possible in the larger first phase); otherwise it starts
+    a new phase. Each phase is at least one group.
+    """
+    phases, start, end, room = [], 0, 0, first_capacity
+    for size in group_sizes:
+        if end > start and size > room and size - room >= max(0, size - capacity):
+            phases.append(slice(start, end))
+            start, room = end, capacity
+        end += size
+        room = max(0, room - size)
+    if end > start:
+        phases.append(slice(start, end))
+    return phases
 
 
 def _stats_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -384,9 +501,8 @@ def kept_rows(num_rows: int, weight: torch.Tensor) -> int:
     return min(num_rows, weight.shape[1])
 
 
-def _kept_logits(kept: torch.Tensor, weight: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """The kept logits z.T [V, R], at the start of the flat dW buffer ``kept``."""
-    num_kept = kept_rows(num_rows, weight)
+def _kept_logits(kept: torch.Tensor, weight: torch.Tensor, num_kept: int) -> torch.Tensor:
+    """The kept logits z.T [V, R] of R = num_kept <= D rows, at the start of the flat dW buffer ``kept``."""
     return kept[: weight.shape[0] * num_kept].view(weight.shape[0], num_kept)
 
 

@@ -17,7 +17,14 @@ from fastalign.core.chunked import ChunkedTorchBackend
 from fastalign.core.head import LogitTransform
 from fastalign.core.reference import reference_stats
 from fastalign.core.rows import ScoredRows
-from fastalign.core.stats import LinearRowLossSum, LinearSoftmaxStats, RowLoss, SoftmaxStats, StatsRequest
+from fastalign.core.stats import (
+    LinearRowLossSum,
+    LinearSeparableLoss,
+    LinearSoftmaxStats,
+    RowLoss,
+    SoftmaxStats,
+    StatsRequest,
+)
 
 IMPLEMENTATIONS = ("auto", "triton", "torch", "reference")
 
@@ -91,3 +98,23 @@ def row_loss_sum(
         return row_loss(reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, request)).sum()
     args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, request, row_loss, _backend(impl))
     return LinearRowLossSum.apply(*args)
+
+
+def separable_loss(
+    rows: ScoredRows,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    transform: LogitTransform,
+    group_sizes: list[int],
+    objective,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(objective(logps), logps)`` for the log-probs [M] of the scored rows and an objective that is a sum of
+    independent terms over groups of consecutive rows (see LinearSeparableLoss); logps detached."""
+    impl = resolve(impl, rows.hidden.device)
+    if impl == "reference":
+        stats = reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, StatsRequest())
+        logps = stats.target_logit - stats.lse
+        return objective(logps), logps.detach()
+    args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, group_sizes, objective, _backend(impl))
+    return LinearSeparableLoss.apply(*args)

@@ -120,6 +120,29 @@ def prepare_rows(hidden, weight, targets, bias, ignore_index: int) -> ScoredRows
     return ScoredRows(flat_hidden, flat_targets.index_select(0, index), index, targets.shape)
 
 
+def group_rows(rows: ScoredRows, groups: torch.Tensor) -> tuple[ScoredRows, list[int]]:
+    """The same scored rows reordered so that each group's rows are consecutive (groups in increasing id, rows in
+    their order within a group), and the number of rows of each group that has any.
+
+    groups: integer group ids >= 0 of the batch shape (one per position, ignored positions included).
+    """
+    if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.dtype == torch.bool:
+        raise TypeError(f"groups must be an integer tensor of group ids, got {_describe(groups)}")
+    batch_shape = rows.shape if rows.shape is not None else torch.Size([rows.hidden.shape[0]])
+    if groups.shape != batch_shape:
+        raise ValueError(f"groups must have the targets' shape {tuple(batch_shape)}, got {tuple(groups.shape)}")
+    flat = groups.reshape(-1).to(device=rows.targets.device, dtype=torch.long)
+    ids = flat if rows.index is None else flat.index_select(0, rows.index)
+    if ids.numel() and int(ids.min()) < 0:
+        raise ValueError("group ids must be >= 0")
+    if bool((ids[1:] >= ids[:-1]).all()):  # already grouped: keep the rows (and a missing index) as they are
+        return rows, torch.unique_consecutive(ids, return_counts=True)[1].tolist()
+    sorted_ids, order = torch.sort(ids, stable=True)
+    index = order if rows.index is None else rows.index.index_select(0, order)
+    grouped = ScoredRows(rows.hidden, rows.targets.index_select(0, order), index, rows.shape)
+    return grouped, torch.unique_consecutive(sorted_ids, return_counts=True)[1].tolist()
+
+
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"

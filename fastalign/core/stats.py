@@ -31,6 +31,7 @@ Known upstream gradient (cross-entropy with ``mean``/``sum``). The loss is ``sum
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -96,6 +97,10 @@ class Gradients(NamedTuple):
 RowLoss = Callable[[SoftmaxStats], torch.Tensor]
 """A loss that is a sum over rows of a function of that row's statistics: returns the ``[M]`` terms to sum."""
 
+RowGrad = Callable[[torch.Tensor, slice], torch.Tensor]
+"""``row_grad(logps, rows)``: the gradient [len(rows)] of a separable loss with respect to the log-probs of the
+scored rows ``rows`` (whole groups), given the log-probs [M] of every row scored so far (the later ones 0)."""
+
 
 class Backend(Protocol):
     """What an implementation (chunked PyTorch, Triton) provides. Inputs: the M scored rows (hidden states and
@@ -145,6 +150,21 @@ class Backend(Protocol):
         """``sum_rows row_loss(stats)`` and its gradients, formed during the forward sweep where possible."""
         ...
 
+    def separable_loss(
+        self,
+        rows: ScoredRows,
+        weight,
+        bias,
+        transform: LogitTransform,
+        group_sizes: list[int],
+        row_grad: RowGrad,
+        needs: GradNeeds,
+    ) -> tuple[torch.Tensor, Gradients]:
+        """The log-probs ``target_logit - lse`` [M] of the scored rows and the gradients of a loss of them that is a
+        sum of independent terms, one per group of consecutive rows (``group_sizes``): ``row_grad`` gives the
+        loss's gradient with respect to a group's log-probs once they are known. See :class:`LinearSeparableLoss`."""
+        ...
+
 
 def row_loss_and_grad(row_loss: RowLoss, stats: SoftmaxStats) -> tuple[torch.Tensor, StatsGrad]:
     """Evaluate ``sum(row_loss(stats))`` and its gradient with respect to each statistic (cheap: ``[M]`` vectors)."""
@@ -156,17 +176,44 @@ def row_loss_and_grad(row_loss: RowLoss, stats: SoftmaxStats) -> tuple[torch.Ten
     return total.detach(), StatsGrad(*(None if leaf is None else next(grads) for leaf in leaves))
 
 
-def gradients_via_recompute(backend, rows, weight, bias, transform, request, row_loss, needs):
-    """Default :meth:`Backend.row_loss_sum`: one statistics sweep, then one gradient sweep with known coefficients."""
+def logprob_grad(grad_logps: torch.Tensor) -> StatsGrad:
+    """The statistics' gradients for a gradient with respect to ``log p(y) = target_logit - lse``."""
+    return StatsGrad(-grad_logps, grad_logps, None, None)
+
+
+def sweep_then_gradients(backend, rows, weight, bias, transform, request, loss_and_grad, needs):
+    """One statistics sweep, then one gradient sweep with known coefficients (or, on a frozen head, the elementwise
+    accumulator path): the default of :meth:`Backend.row_loss_sum` and :meth:`Backend.separable_loss`.
+    ``loss_and_grad(stats) -> (value, StatsGrad)``; returns ``(value, Gradients)``. A trainable head keeps the
+    logits the backend can keep (``sweep(keep_logits=True)``)."""
     accumulate = accumulator_pays_off(needs, request, transform)
-    stats, acc = backend.sweep(rows, weight, bias, transform, request, accumulate=accumulate)
-    total, grad = row_loss_and_grad(row_loss, stats)
+    stats, saved = backend.sweep(
+        rows, weight, bias, transform, request, accumulate=accumulate, keep_logits=needs.weight
+    )
+    value, grad = loss_and_grad(stats)
     if not needs.any:
-        return total, Gradients(None, None, None)
-    if acc is not None and accumulator_covers(grad, transform):
-        dh = hidden_grad_from_accumulator(acc, weight, rows.targets, stats, grad, transform, overwrite=True)
-        return total, Gradients(dh, None, None)
-    return total, backend.gradients(rows, weight, bias, transform, stats, grad, needs)
+        return value, Gradients(None, None, None)
+    if accumulate and accumulator_covers(grad, transform):
+        dh = hidden_grad_from_accumulator(saved, weight, rows.targets, stats, grad, transform, overwrite=True)
+        return value, Gradients(dh, None, None)
+    kept = None if accumulate else saved
+    return value, backend.gradients(rows, weight, bias, transform, stats, grad, needs, kept)
+
+
+def gradients_via_recompute(backend, rows, weight, bias, transform, request, row_loss, needs):
+    """Default :meth:`Backend.row_loss_sum` (see sweep_then_gradients)."""
+    loss_and_grad = functools.partial(row_loss_and_grad, row_loss)
+    return sweep_then_gradients(backend, rows, weight, bias, transform, request, loss_and_grad, needs)
+
+
+def separable_loss_via_stats(backend, rows, weight, bias, transform, group_sizes, row_grad, needs):
+    """Default :meth:`Backend.separable_loss`: every group at once (see sweep_then_gradients)."""
+
+    def loss_and_grad(stats):
+        logps = stats.target_logit - stats.lse
+        return logps, (logprob_grad(row_grad(logps, slice(0, rows.num_rows))) if needs.any else None)
+
+    return sweep_then_gradients(backend, rows, weight, bias, transform, StatsRequest(), loss_and_grad, needs)
 
 
 def accumulator_pays_off(needs: GradNeeds, request: StatsRequest, transform: LogitTransform) -> bool:
@@ -268,17 +315,62 @@ class LinearRowLossSum(torch.autograd.Function):
         needs = GradNeeds(*ctx.needs_input_grad[:3])
         rows = ScoredRows(hidden, targets, index)
         total, grads = backend.row_loss_sum(rows, weight, bias, transform, request, row_loss, needs)
-        grads = _cast_gradients(grads, index, hidden.shape[0], weight, bias)
-        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
-        ctx.present = [g is not None for g in grads]
+        _save_gradients(ctx, _cast_gradients(grads, index, hidden.shape[0], weight, bias))
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        # The usual upstream gradient is exactly 1 (loss.backward()): hand the saved gradients over as they are
-        # rather than allocate scaled copies (a [V, D] dW copy would double the trainable head's peak).
-        unit = bool(torch.equal(grad_total, torch.ones_like(grad_total)))
-        scaled = [
-            (g if unit else g * grad_total) if present else None for g, present in zip(ctx.saved_tensors, ctx.present)
-        ]
-        return (*scaled, None, None, None, None, None, None)
+        return (*_saved_gradients_times(ctx, grad_total), None, None, None, None, None, None)
+
+
+class LinearSeparableLoss(torch.autograd.Function):
+    """``objective(logps)`` of the log-probs [M] of the scored rows (hidden, targets, index: as for
+    LinearSoftmaxStats), for an objective that is a sum of independent terms, one per group of consecutive scored
+    rows (``group_sizes``: a DPO pair's two sequences, a KTO example). Returns ``(loss, logps)``, logps detached.
+
+    Separability lets the gradients be formed in the forward pass one group at a time: as soon as a group's rows
+    are scored its terms, hence its rows' gradients, are known, so a backend can keep just those rows' logits to
+    form them and reuse the memory for the next group (see ChunkedTorchBackend.separable_loss). The objective is
+    evaluated with the later groups' log-probs still 0; it must not mix groups (a mean over groups is fine).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, index, transform, group_sizes, objective, backend):
+        needs = GradNeeds(*ctx.needs_input_grad[:3])
+        rows = ScoredRows(hidden, targets, index)
+        logps, grads = backend.separable_loss(
+            rows, weight, bias, transform, group_sizes, _objective_grad(objective), needs
+        )
+        _save_gradients(ctx, _cast_gradients(grads, index, hidden.shape[0], weight, bias))
+        ctx.mark_non_differentiable(logps)
+        return objective(logps).detach(), logps
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logps):
+        return (*_saved_gradients_times(ctx, grad_loss), None, None, None, None, None, None)
+
+
+def _objective_grad(objective: Callable[[torch.Tensor], torch.Tensor]) -> RowGrad:
+    """The RowGrad of ``objective`` (logps [M] -> scalar), by autograd through it (cheap: [M] vectors)."""
+
+    def row_grad(logps: torch.Tensor, rows: slice) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = logps.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(objective(leaf), leaf, allow_unused=True, materialize_grads=True)
+        return grad[rows]
+
+    return row_grad
+
+
+def _save_gradients(ctx, grads: tuple) -> None:
+    """Keep gradients formed in forward (None where not needed) for backward."""
+    ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+    ctx.present = [g is not None for g in grads]
+
+
+def _saved_gradients_times(ctx, grad_output: torch.Tensor) -> list:
+    """The saved gradients times the upstream gradient of the scalar loss."""
+    # The usual upstream gradient is exactly 1 (loss.backward()): hand the saved gradients over as they are
+    # rather than allocate scaled copies (a [V, D] dW copy would double the trainable head's peak).
+    unit = bool(torch.equal(grad_output, torch.ones_like(grad_output)))
+    return [(g if unit else g * grad_output) if present else None for g, present in zip(ctx.saved_tensors, ctx.present)]

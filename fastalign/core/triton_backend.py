@@ -3,6 +3,7 @@
     sweep         kernels/softmax_stats.py   one pass over the vocabulary; the frozen-head accumulator in the same pass
     gradients     kernels/logit_grad.py      recompute the logits tile by tile, form dh (owned rows), dW/db (atomics)
     row_loss_sum  a sweep, then the elementwise accumulator path or one gradient pass (gradients_via_recompute)
+    separable_loss  the same for a loss of the log-probs (separable_loss_via_stats: every group at once)
 
 Matmul count per call, V-sized: frozen head 2 (logits + accumulator; backward elementwise) where the accumulator
 covers the loss, else 3 (logits; then logits + dh); trainable head 4 (logits; then logits + dh + dW).
@@ -12,7 +13,7 @@ Inputs float32/bfloat16/float16 on CUDA, or on any device under TRITON_INTERPRET
 from __future__ import annotations
 
 from fastalign.core.head import LogitTransform
-from fastalign.core.stats import Gradients, SoftmaxStats, gradients_via_recompute
+from fastalign.core.stats import Gradients, SoftmaxStats, gradients_via_recompute, separable_loss_via_stats
 from fastalign.kernels.logit_grad import logit_grad
 from fastalign.kernels.softmax_stats import softmax_stats
 
@@ -41,3 +42,6 @@ class TritonBackend:
 
     def row_loss_sum(self, rows, weight, bias, transform, request, row_loss, needs):
         return gradients_via_recompute(self, rows, weight, bias, transform, request, row_loss, needs)
+
+    def separable_loss(self, rows, weight, bias, transform, group_sizes, row_grad, needs):
+        return separable_loss_via_stats(self, rows, weight, bias, transform, group_sizes, row_grad, needs)

@@ -1,9 +1,10 @@
 """Fused linear preference losses: hidden states and the LM head in, ``(loss, metrics)`` out, no logits in memory.
 
-Each module scores the policy's sequences with ONE call of ``fastalign.linear_logprobs`` (chosen and rejected
-completions together: a single sweep over the vocabulary), reduces tokens to sequences with
-``fastalign.sequence_logprobs``, and hands the per-sequence log-probs to the matching head of ``fastalign.losses``.
-No objective is re-derived here.
+Each module writes its objective as per-token log-probs -> ``fastalign.sequence_logprobs`` -> the matching head of
+``fastalign.losses`` (no objective is re-derived here) and scores the policy's sequences, chosen and rejected
+together, with ONE call of ``fastalign.linear_logprobs_loss``: one sweep over the vocabulary. The objective is a sum
+of independent terms, one per pair (per example for KTO), which that call exploits: it forms the gradients pair by
+pair during the sweep, so that a trainable head recomputes few logits in backward.
 
 Batch layout (``ignore_index`` marks prompt and padding tokens in ``labels``):
     padded  hidden [N, T, D], labels [N, T]
@@ -19,7 +20,7 @@ the reference head (``ref_weight`` / ``ref_bias``; by default the policy's head,
 import torch
 from torch import nn
 
-from fastalign.logprobs import linear_logprobs
+from fastalign.logprobs import linear_logprobs, linear_logprobs_loss
 from fastalign.losses._validation import check_choice
 from fastalign.losses.cpo import CPO_LOSS_TYPES, cpo_loss
 from fastalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss
@@ -90,21 +91,39 @@ class _FusedLinearHead(nn.Module):
             targets.view(-1).index_fill_(0, cu_seqlens[1:].long() - 1, self.ignore_index)
         return targets
 
-    def _token_logps(
-        self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """float32 log p(target) per position, 0.0 where ignored (one sweep over the vocabulary)."""
-        return linear_logprobs(
-            hidden,
-            weight,
-            targets,
-            bias=bias,
+    def _head_options(self) -> dict:
+        return dict(
             ignore_index=self.ignore_index,
             softcap=self.softcap,
             logit_scale=self.logit_scale,
             temperature=self.temperature,
             impl=self.impl,
         )
+
+    def _token_logps(
+        self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """float32 log p(target) per position, 0.0 where ignored (one sweep over the vocabulary)."""
+        return linear_logprobs(hidden, weight, targets, bias=bias, **self._head_options())
+
+    def _objective_loss(self, hidden, weight, bias, targets, groups, objective) -> tuple[torch.Tensor, dict]:
+        """``objective(token_logps) -> (loss, metrics)`` of the policy's per-token log-probs of ``targets``, its loss
+        a sum of independent terms over ``groups`` (see ``fastalign.linear_logprobs_loss``)."""
+        loss, token_logps = linear_logprobs_loss(
+            hidden, weight, targets, lambda logps: objective(logps)[0], groups=groups, bias=bias, **self._head_options()
+        )
+        return loss, objective(token_logps)[1]
+
+    def _sequence_ids(self, targets: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+        """The sequence each position belongs to, int64 of targets' shape."""
+        if cu_seqlens is None:
+            return torch.arange(targets.shape[0], device=targets.device)[:, None].expand(targets.shape)
+        positions = torch.arange(targets.numel(), device=targets.device).view(targets.shape)
+        return torch.searchsorted(cu_seqlens[1:].long(), positions, right=True)
+
+    def _pair_ids(self, targets: torch.Tensor, cu_seqlens: torch.Tensor | None, num_pairs: int) -> torch.Tensor:
+        """The pair each position belongs to (sequences i and B + i form pair i), int64 of targets' shape."""
+        return self._sequence_ids(targets, cu_seqlens) % num_pairs
 
     def _score(
         self,
@@ -139,9 +158,10 @@ class _FusedLinearHead(nn.Module):
         with torch.no_grad():
             return self._score(ref_hidden, head_weight, head_bias, targets, cu_seqlens, reduction)[0]
 
-    def _counts(self, token_logps, targets, cu_seqlens) -> torch.Tensor:
+    def _counts(self, targets, cu_seqlens) -> torch.Tensor:
         """Scored tokens per sequence, int64 [N]."""
-        return sequence_token_counts(token_logps, mask=targets != self.ignore_index, cu_seqlens=cu_seqlens)
+        layout = torch.zeros(targets.shape, device=targets.device)
+        return sequence_token_counts(layout, mask=targets != self.ignore_index, cu_seqlens=cu_seqlens)
 
     def _chosen_only(self, targets: torch.Tensor, cu_seqlens: torch.Tensor | None, num_pairs: int) -> torch.Tensor:
         """``targets`` with every position outside the chosen sequences (0..B-1) set to ignore_index."""
@@ -242,23 +262,28 @@ class FusedLinearDPOLoss(_FusedLinearHead):
             raise ValueError("pass both ref_chosen_logps and ref_rejected_logps, or neither (and ref_hidden)")
         _check_reference_source(ref_chosen_logps is not None, ref_hidden, ref_weight, ref_bias)
         targets = self._targets(labels, cu_seqlens)
-        logps, token_logps = self._score(hidden, weight, bias, targets, cu_seqlens, "sum")
         if ref_hidden is not None:
             ref = self._reference(hidden, ref_hidden, ref_weight, ref_bias, weight, bias, targets, cu_seqlens, "sum")
             ref_chosen_logps, ref_rejected_logps = ref[:num_pairs], ref[num_pairs:]
-        counts = self._counts(token_logps, targets, cu_seqlens)
-        loss, metrics = dpo_loss(
-            logps[:num_pairs],
-            logps[num_pairs:],
-            ref_chosen_logps,
-            ref_rejected_logps,
-            beta=self.beta,
-            loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing,
-            chosen_lengths=counts[:num_pairs],
-            rejected_lengths=counts[num_pairs:],
-            discopop_tau=self.discopop_tau,
-        )
+        counts, mask = self._counts(targets, cu_seqlens), targets != self.ignore_index
+
+        def objective(token_logps):
+            logps = sequence_logprobs(token_logps, mask=mask, cu_seqlens=cu_seqlens, reduction="sum")
+            return dpo_loss(
+                logps[:num_pairs],
+                logps[num_pairs:],
+                ref_chosen_logps,
+                ref_rejected_logps,
+                beta=self.beta,
+                loss_type=self.loss_type,
+                label_smoothing=self.label_smoothing,
+                chosen_lengths=counts[:num_pairs],
+                rejected_lengths=counts[num_pairs:],
+                discopop_tau=self.discopop_tau,
+            )
+
+        pairs = self._pair_ids(targets, cu_seqlens, num_pairs)
+        loss, metrics = self._objective_loss(hidden, weight, bias, targets, pairs, objective)
         metrics["empty_sequences"] = _empty_sequences(counts)
         return loss, metrics
 
@@ -312,13 +337,16 @@ class FusedLinearORPOLoss(_FusedLinearHead):
             if (both & (targets != nll_targets)).any():
                 raise ValueError("nll_labels and labels name different tokens at a position both score")
             scored = torch.where(targets != self.ignore_index, targets, nll_targets)
-        token_logps = self._token_logps(hidden, weight, bias, scored)
         mask = targets != self.ignore_index
-        logps = sequence_logprobs(token_logps, mask=mask, cu_seqlens=cu_seqlens, reduction="mean")
-        loss, metrics = orpo_loss(
-            logps[:num_pairs], logps[num_pairs:], beta=self.beta, nll_loss=self._nll(token_logps, nll_targets)
-        )
-        metrics["empty_sequences"] = _empty_sequences(self._counts(token_logps, targets, cu_seqlens))
+
+        def objective(token_logps):
+            logps = sequence_logprobs(token_logps, mask=mask, cu_seqlens=cu_seqlens, reduction="mean")
+            nll = self._nll(token_logps, nll_targets)
+            return orpo_loss(logps[:num_pairs], logps[num_pairs:], beta=self.beta, nll_loss=nll)
+
+        pairs = self._pair_ids(targets, cu_seqlens, num_pairs)
+        loss, metrics = self._objective_loss(hidden, weight, bias, scored, pairs, objective)
+        metrics["empty_sequences"] = _empty_sequences(self._counts(targets, cu_seqlens))
         return loss, metrics
 
     def _nll_targets(
@@ -374,19 +402,24 @@ class FusedLinearCPOLoss(_FusedLinearHead):
         num_pairs = _num_pairs(self._num_sequences(hidden, labels, cu_seqlens))
         targets = self._targets(labels, cu_seqlens)
         reduction = "mean" if self.loss_type in ("simpo", "ipo") else "sum"
-        logps, token_logps = self._score(hidden, weight, bias, targets, cu_seqlens, reduction)
-        nll = self._nll(token_logps, self._chosen_only(targets, cu_seqlens, num_pairs))
-        loss, metrics = cpo_loss(
-            logps[:num_pairs],
-            logps[num_pairs:],
-            beta=self.beta,
-            gamma=self.gamma,
-            loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing,
-            nll_loss=nll,
-            cpo_alpha=self.cpo_alpha,
-        )
-        metrics["empty_sequences"] = _empty_sequences(self._counts(token_logps, targets, cu_seqlens))
+        mask, nll_targets = targets != self.ignore_index, self._chosen_only(targets, cu_seqlens, num_pairs)
+
+        def objective(token_logps):
+            logps = sequence_logprobs(token_logps, mask=mask, cu_seqlens=cu_seqlens, reduction=reduction)
+            return cpo_loss(
+                logps[:num_pairs],
+                logps[num_pairs:],
+                beta=self.beta,
+                gamma=self.gamma,
+                loss_type=self.loss_type,
+                label_smoothing=self.label_smoothing,
+                nll_loss=self._nll(token_logps, nll_targets),
+                cpo_alpha=self.cpo_alpha,
+            )
+
+        pairs = self._pair_ids(targets, cu_seqlens, num_pairs)
+        loss, metrics = self._objective_loss(hidden, weight, bias, targets, pairs, objective)
+        metrics["empty_sequences"] = _empty_sequences(self._counts(targets, cu_seqlens))
         return loss, metrics
 
 
@@ -455,7 +488,6 @@ class FusedLinearKTOLoss(_FusedLinearHead):
         if kl is not None and kl_hidden is not None:
             raise ValueError("pass either kl or the KL batch (kl_hidden, kl_labels), not both")
         targets = self._targets(labels, cu_seqlens)
-        logps, token_logps = self._score(hidden, weight, bias, targets, cu_seqlens, "sum")
         if ref_hidden is not None:
             ref_logps = self._reference(
                 hidden, ref_hidden, ref_weight, ref_bias, weight, bias, targets, cu_seqlens, "sum"
@@ -464,17 +496,23 @@ class FusedLinearKTOLoss(_FusedLinearHead):
             kl = self._kl(
                 kl_hidden, kl_labels, kl_cu_seqlens, ref_kl_logps, ref_kl_hidden, weight, bias, ref_weight, ref_bias
             )
-        loss, metrics = kto_loss(
-            logps,
-            ref_logps,
-            desirable,
-            kl=0.0 if kl is None else kl,
-            beta=self.beta,
-            desirable_weight=self.desirable_weight,
-            undesirable_weight=self.undesirable_weight,
-            loss_type=self.loss_type,
-        )
-        metrics["empty_sequences"] = _empty_sequences(self._counts(token_logps, targets, cu_seqlens))
+        mask = targets != self.ignore_index
+
+        def objective(token_logps):
+            return kto_loss(
+                sequence_logprobs(token_logps, mask=mask, cu_seqlens=cu_seqlens, reduction="sum"),
+                ref_logps,
+                desirable,
+                kl=0.0 if kl is None else kl,
+                beta=self.beta,
+                desirable_weight=self.desirable_weight,
+                undesirable_weight=self.undesirable_weight,
+                loss_type=self.loss_type,
+            )
+
+        examples = self._sequence_ids(targets, cu_seqlens)
+        loss, metrics = self._objective_loss(hidden, weight, bias, targets, examples, objective)
+        metrics["empty_sequences"] = _empty_sequences(self._counts(targets, cu_seqlens))
         return loss, metrics
 
     def _kl(self, kl_hidden, kl_labels, kl_cu_seqlens, ref_kl_logps, ref_kl_hidden, weight, bias, ref_weight, ref_bias):
