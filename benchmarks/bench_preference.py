@@ -87,6 +87,7 @@ class Config:
     warmup: int
     seed: int
     quick: bool
+    rounds: int = 1
 
 
 @dataclass
@@ -347,6 +348,26 @@ def check(cfg: Config, method: Method, result, ref: dict) -> dict:
     }
 
 
+def pool_rounds(earlier: dict | None, row: dict) -> dict:
+    """One row from a case's rows of successive rounds: timed steps pooled, the largest peak and errors kept, the
+    first failure kept."""
+    if earlier is None:
+        return row
+    if "median_s" not in earlier or "median_s" not in row:
+        return earlier if "median_s" not in earlier else row
+    pooled = {**row, "times_s": earlier["times_s"] + row["times_s"]}
+    pooled["cpu_times_s"] = earlier["cpu_times_s"] + row["cpu_times_s"]
+    pooled["median_s"] = statistics.median(pooled["times_s"])
+    pooled["peak_extra_bytes"] = max(earlier["peak_extra_bytes"], row["peak_extra_bytes"])
+    pooled["notes"] = sorted(set(earlier["notes"]) | set(row["notes"]))
+    pooled["errors"] = {
+        k: max(earlier["errors"][k], e, key=lambda error: error["max_abs_err"]) for k, e in row["errors"].items()
+    }
+    if earlier["status"] != "ok":
+        pooled["status"], pooled["fails_run"] = earlier["status"], earlier["fails_run"]
+    return pooled
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Report.
 
@@ -421,6 +442,13 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--reps", type=int, help="timed steps per case (default: cpu 5, cuda 20, --quick 2)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: cpu 1, cuda 3)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="CPU: run every case this many times, the cases taking "
+        "turns, and pool the timed steps (a drift of the machine's speed then hits every method alike)",
+    )
     p.add_argument("--losses", default=",".join(LOSSES), help=f"comma list from {','.join(LOSSES)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list from {','.join(MODES)}")
     p.add_argument("--methods", help=f"comma list from {','.join(METHODS)} (default: all; naive always runs)")
@@ -446,6 +474,7 @@ def parse_args(argv=None):
         warmup=args.warmup if args.warmup is not None else (3 if cuda else 1),
         seed=args.seed,
         quick=args.quick,
+        rounds=1 if cuda else max(1, args.rounds),
     )
     losses = pick(args.losses, LOSSES)
     modes = pick(args.modes, MODES)
@@ -466,7 +495,7 @@ def main(argv=None) -> int:
     started, load_start = time.time(), os.getloadavg()
     print(f"device {device_name(cfg.device)}; {cfg.pairs} pairs x T={cfg.seq}, D={cfg.dim}, V={cfg.vocab}, "
           f"{cfg.dtype}, prompt {cfg.prompt_fraction:.0%} of each row, beta={cfg.beta}, "
-          f"{cfg.warmup} warm-up + {cfg.reps} timed steps", flush=True)  # fmt: skip
+          f"{cfg.warmup} warm-up + {cfg.reps} timed steps, {cfg.rounds} round(s)", flush=True)  # fmt: skip
     if cfg.device == "cpu" and load_start[0] > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other work skews timings")
 
@@ -494,7 +523,7 @@ def main(argv=None) -> int:
     else:
         batches = [[c] for c in cases]
     checked = {}
-    for batch in filter(None, batches):
+    for batch in [batch for _ in range(cfg.rounds) for batch in batches if batch]:
         if cfg.device == "cuda":
             results = run_in_process(cfg, batch, x)
         else:
@@ -503,7 +532,8 @@ def main(argv=None) -> int:
         for (name, loss, mode), result in results.items():  # checked at once: the gradients are not kept around
             method = METHODS[name]
             ref = references[loss, loss == "dpo" and method.zero_reference]  # compared: what the step returned
-            row = checked[name, loss, mode] = check(cfg, method, result, ref)
+            row = check(cfg, method, result, ref)
+            row = checked[name, loss, mode] = pool_rounds(checked.get((name, loss, mode)), row)
             speed = (
                 f"{row['median_s'] * 1e3:.1f} ms, {row['peak_extra_bytes'] / 2**20:.1f} MiB, "
                 if "median_s" in row
