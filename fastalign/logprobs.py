@@ -80,7 +80,9 @@ def linear_logprobs_loss(
             ``linear_logprobs``.
         objective: float32 log-probs of targets' shape (0.0 where ignored) -> scalar loss. It must be a sum of
             terms that each read the positions of one group only (means over groups are fine): it is evaluated
-            with the positions of groups not yet scored set to 0.
+            with the positions of groups not yet scored set to 0. When the chunked path works in several phases it
+            checks this at the end (the gradient at the final log-probs against the one taken phase by phase) and
+            raises ValueError for an objective that mixes groups.
         groups: integer group ids >= 0, targets' shape.
 
     Returns:

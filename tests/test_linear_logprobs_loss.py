@@ -106,6 +106,29 @@ def test_phases_keep_and_recompute_rows(scored, store_rows, softcap, expected_ph
         assert_close(got, want, TOLERANCE[torch.float32], f"d loss / d {name}")
 
 
+def test_an_objective_that_mixes_groups_is_caught(monkeypatch):
+    """Phase by phase, a group's gradient is taken with the later groups' log-probs at 0: an objective coupling
+    groups (here through the square of the total) would get wrong gradients, and raises instead."""
+    monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: small_backend(store_rows=2))
+    inputs = make_inputs((2 * PAIRS, T), D, V, ignored_fraction=0.0)
+    with pytest.raises(ValueError, match="not a sum of independent terms"):
+        separable(inputs, "torch", objective=lambda logp: logp.sum() ** 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_in_several_phases(dtype, monkeypatch, fresh_seed):
+    monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: small_backend(store_rows=4))
+    inputs = make_inputs((2 * PAIRS, T), D, V, dtype=dtype, bias=True)
+    loss, _ = separable(inputs, "torch", softcap=6.0)
+    reference, expected_loss, _ = composed_reference(inputs, softcap=6.0)
+    assert_close(loss, expected_loss, TOLERANCE[dtype], f"{dtype} loss (seed={fresh_seed})")
+    for name, got, want in zip(
+        ("hidden", "weight", "bias"), grads_of(loss, inputs), grads_of(expected_loss, reference)
+    ):
+        assert got.dtype == dtype
+        assert_close(got, want, TOLERANCE[dtype], f"{dtype} d loss / d {name} (seed={fresh_seed})")
+
+
 def test_upstream_gradient_scales_the_saved_gradients(fresh_seed):
     inputs = make_inputs((2 * PAIRS, T), D, V, bias=True)
     loss, _ = separable(inputs, "torch")

@@ -290,7 +290,8 @@ class ChunkedTorchBackend:
         grads = _zero_gradients(rows, weight, bias, needs, weight_buffer=dw_buffer)
         store, store_rows = self._chunk_workspace(self.store_bytes, rows.num_rows, weight, transform, request)
         dim = weight.shape[1]
-        for number, phase in enumerate(plan_phases(group_sizes, dim + store_rows, store_rows)):
+        phases = plan_phases(group_sizes, dim + store_rows, store_rows)
+        for number, phase in enumerate(phases):
             num_kept = min(dim, phase.stop) if number == 0 else 0  # the first phase starts at row 0
             stored = slice(phase.start + num_kept, min(phase.start + num_kept + store_rows, phase.stop))
             swept = slice(stored.stop, phase.stop)
@@ -308,6 +309,8 @@ class ChunkedTorchBackend:
             if scored is not None:
                 scored.accumulate_gradients(_rows_of(grad, stored), transform, weight, grads)
             self._recompute_gradients(rows, swept, weight, bias, transform, stats, grad, grads)
+        if len(phases) > 1:
+            _check_separable(row_grad(logps, slice(0, rows.num_rows)), grad.target_logit)
         return logps, grads
 
 
@@ -354,6 +357,17 @@ class _Workspace:
 
     def probs(self, rows: int, width: int) -> torch.Tensor:
         return self._probs[: rows * width].view(rows, width)
+
+
+def _check_separable(final: torch.Tensor, by_phase: torch.Tensor) -> None:
+    """A separable objective's gradient with respect to the log-probs [M] is the same at the final log-probs as taken
+    phase by phase (with the later groups' log-probs 0); an objective that mixes groups is caught here."""
+    scale = max(1.0, float(final.abs().max()))
+    if not torch.allclose(by_phase, final, rtol=1e-4, atol=1e-6 * scale, equal_nan=True):
+        raise ValueError(
+            "the objective is not a sum of independent terms over the given groups: its gradient with respect to one "
+            "group's log-probs changed with other groups' log-probs (see fastalign.linear_logprobs_loss)"
+        )
 
 
 def rows_per_chunk(budget: int, vocab_size: int, buffers: int) -> int:

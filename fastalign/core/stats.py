@@ -27,6 +27,11 @@ since then ``sum_v z'_v W_v = slope * sum_v W_v``.
 
 Known upstream gradient (cross-entropy with ``mean``/``sum``). The loss is ``sum_rows f(stats_row)`` for a known
 ``f``, so the gradient can be formed during the forward sweep (:class:`LinearRowLossSum`), with no recomputation.
+
+Separable loss of the log-probs (the preference losses). The loss is ``sum_groups f_g(log p of the group's rows)``
+(a pair's two sequences), so a group's gradients can be formed as soon as its rows are scored
+(:class:`LinearSeparableLoss`), before the next group is: a backend needs to keep only a few groups' logits at a
+time to spare them the recomputation.
 """
 
 from __future__ import annotations
