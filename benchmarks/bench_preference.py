@@ -3,6 +3,7 @@
     python benchmarks/bench_preference.py --device cpu           # 4 pairs x T=512, D=1024, V=32000, float32
     python benchmarks/bench_preference.py --device cuda          # 8 pairs x T=2048, Llama-3-8B head, bf16
     python benchmarks/bench_preference.py --device cpu --quick   # tiny sizes, correctness only (CI)
+    python benchmarks/bench_preference.py --device cpu --rounds 3 --reps 2   # the cases take turns 3 times
 
 One timed step is the loss forward + backward from the last hidden states [2B, T, D] (B chosen rows, then B
 rejected) and the LM head [V, D], for each (loss, mode, method). Every method's loss and gradients are checked
