@@ -199,3 +199,30 @@ def test_fused_losses_in_several_phases_match_the_reference_implementation(loss,
         assert_close(got_metrics[name], value, TOLERANCE[torch.float32], f"{loss} metric {name}")
     for name, g, w in zip(("hidden", "weight", "bias"), got_grads, want_grads):
         assert_close(g, w, 1e-4, f"{loss} d{name} (seed={fresh_seed})")
+
+
+def test_no_grad_mode_does_no_gradient_work(monkeypatch):
+    """Under torch.no_grad() (an evaluation pass) inputs that require grad must not make the forward sweep build an
+    accumulator, keep logits or form gradients: linear_logprobs, linear_cross_entropy and linear_logprobs_loss."""
+    monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: small_backend(store_rows=2))
+    work = []
+    sweep = chunked.ChunkedTorchBackend.sweep
+    monkeypatch.setattr(
+        chunked.ChunkedTorchBackend,
+        "sweep",
+        lambda self, *a, accumulate, keep_logits=False: (
+            work.extend(["accumulator"] * accumulate + ["kept logits"] * keep_logits)
+            or sweep(self, *a, accumulate=accumulate, keep_logits=keep_logits)
+        ),
+    )
+    for name in ("_recompute_gradients", "_gradients_of_kept_rows"):
+        monkeypatch.setattr(chunked.ChunkedTorchBackend, name, lambda *a, name=name: work.append(name))
+    monkeypatch.setattr(chunked, "_accumulate", lambda *a: work.append("_accumulate"))
+    for frozen in (False, True):
+        inputs = make_inputs((2 * PAIRS, T), D, V, bias=not frozen, frozen=frozen)
+        with torch.no_grad():
+            separable(inputs, "torch")
+            run = dict(bias=inputs.bias, impl="torch")
+            fastalign.linear_logprobs(inputs.hidden, inputs.weight, inputs.targets, **run)
+            fastalign.linear_cross_entropy(inputs.hidden, inputs.weight, inputs.targets, **run)
+        assert work == [], f"gradient work under no_grad ({'frozen' if frozen else 'trainable'} head): {work}"

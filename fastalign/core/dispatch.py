@@ -79,7 +79,7 @@ def softmax_stats(
     impl = resolve(impl, rows.hidden.device)
     if impl == "reference":
         return reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, request)
-    args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, request, _backend(impl))
+    args = (*_head_inputs(rows.hidden, weight, bias), rows.targets, rows.index, transform, request, _backend(impl))
     return SoftmaxStats(*LinearSoftmaxStats.apply(*args))
 
 
@@ -96,8 +96,8 @@ def row_loss_sum(
     impl = resolve(impl, rows.hidden.device)
     if impl == "reference":
         return row_loss(reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, request)).sum()
-    args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, request, row_loss, _backend(impl))
-    return LinearRowLossSum.apply(*args)
+    head = _head_inputs(rows.hidden, weight, bias)
+    return LinearRowLossSum.apply(*head, rows.targets, rows.index, transform, request, row_loss, _backend(impl))
 
 
 def separable_loss(
@@ -116,5 +116,15 @@ def separable_loss(
         stats = reference_stats(rows.hidden_block(), weight, bias, rows.targets, transform, StatsRequest())
         logps = stats.target_logit - stats.lse
         return objective(logps), logps.detach()
-    args = (rows.hidden, weight, bias, rows.targets, rows.index, transform, group_sizes, objective, _backend(impl))
-    return LinearSeparableLoss.apply(*args)
+    head = _head_inputs(rows.hidden, weight, bias)
+    return LinearSeparableLoss.apply(*head, rows.targets, rows.index, transform, group_sizes, objective, _backend(impl))
+
+
+def _head_inputs(hidden, weight, bias) -> tuple:
+    """hidden, weight, bias as the autograd functions should see them: detached when grad mode is off. Inside
+    ``forward`` ``ctx.needs_input_grad`` follows requires_grad even under ``torch.no_grad()``, and it decides how
+    much gradient work the forward sweep does (an accumulator, kept logits, whole gradients for the row and
+    separable losses): none of it is wanted in an evaluation pass."""
+    if torch.is_grad_enabled():
+        return hidden, weight, bias
+    return hidden.detach(), weight.detach(), None if bias is None else bias.detach()
