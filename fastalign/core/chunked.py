@@ -100,13 +100,13 @@ class ChunkedTorchBackend:
             block = slice(start, min(start + step, span.stop))
             yield block, rows.hidden_block(block.start, block.stop)
 
-    def _tiles(self, num_rows: int, vocab_size: int, workspace: _Workspace):
+    def _tiles(self, num_rows: int, vocab_size: int, workspace: _Workspace, column_major: bool = False):
         """Yield (cols, logits buffer, probs buffer) for vocabulary tiles of ``num_rows`` rows."""
         tile = self.vocab_tile(num_rows, vocab_size)
         for start in range(0, vocab_size, tile):
             cols = slice(start, min(start + tile, vocab_size))
             width = cols.stop - cols.start
-            yield cols, workspace.logits(num_rows, width), workspace.probs(num_rows, width)
+            yield cols, workspace.logits(num_rows, width), workspace.probs(num_rows, width, column_major)
 
     def _tile_workspace(self, num_rows: int, weight) -> _Workspace:
         block = min(self.rows_per_block(weight.shape[1]), num_rows)
@@ -144,10 +144,13 @@ class ChunkedTorchBackend:
         row_max = stats.lse.new_full((num_rows,), float("-inf"))
         partition = stats.lse.new_zeros(num_rows)  # l = sum_v exp(z_v - m)
         weighted_sum = stats.lse.new_zeros(num_rows)  # sum_v exp(z_v - m) z_v (mean_logit numerator)
-        for cols, logits_buffer, exp_buffer in self._tiles(num_rows, weight.shape[0], workspace):
+        # A block whose rows are all kept writes its logits straight into the kept buffer ([n, tile] views of
+        # transposed memory) and its exponentials in the same layout: no transposing copy.
+        all_kept = kept is not None and kept.shape[1] == num_rows
+        for cols, logits_buffer, exp_buffer in self._tiles(num_rows, weight.shape[0], workspace, all_kept):
             tile_bias = None if bias is None else bias[cols]
-            logits = _logits(hidden, weight[cols], tile_bias, transform, logits_buffer)
-            if kept is not None and kept.shape[1] > 0:
+            logits = _logits(hidden, weight[cols], tile_bias, transform, kept[cols].t() if all_kept else logits_buffer)
+            if kept is not None and 0 < kept.shape[1] < num_rows:
                 kept[cols].copy_(logits[: kept.shape[1]].t())
             _pick_targets_(stats.target_logit, logits, targets, cols)
             if request.logit_sum:
@@ -217,11 +220,11 @@ class ChunkedTorchBackend:
         hidden_for_dw = hidden.to(grads.weight.dtype)
         targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
         tile = self.vocab_tile(num_kept, weight.shape[0])
-        probs_buffer = kept.new_empty(num_kept * tile)
+        workspace = _Workspace(num_kept * tile, kept.device, kept.dtype, shared=True)
         for start in reversed(range(0, weight.shape[0], tile)):
             cols = slice(start, min(start + tile, weight.shape[0]))
             # [R, tile] laid out like the kept logits (column-major): elementwise work runs on contiguous memory
-            probs = probs_buffer[: num_kept * (cols.stop - cols.start)].view(-1, num_kept).t()
+            probs = workspace.probs(num_kept, cols.stop - cols.start, column_major=True)
             self._tile_gradients(kept_logits[cols].t(), probs, hidden_for_dw, weight, targets, transform, block_stats,
                                  block_grad, grads, block, cols, first=True)  # fmt: skip
 
@@ -355,8 +358,9 @@ class _Workspace:
     def logits(self, rows: int, width: int) -> torch.Tensor:
         return self._logits[: rows * width].view(rows, width)
 
-    def probs(self, rows: int, width: int) -> torch.Tensor:
-        return self._probs[: rows * width].view(rows, width)
+    def probs(self, rows: int, width: int, column_major: bool = False) -> torch.Tensor:
+        flat = self._probs[: rows * width]
+        return flat.view(width, rows).t() if column_major else flat.view(rows, width)
 
 
 def _check_separable(final: torch.Tensor, by_phase: torch.Tensor) -> None:
