@@ -48,6 +48,14 @@ def composed_reference(inputs, **options):
     return reference, pair_objective(logp), logp
 
 
+def assert_gradients_close(loss, inputs, expected_loss, reference, tol, what):
+    """d loss / d (hidden, weight, bias) against the reference's, in the inputs' dtype."""
+    expected = grads_of(expected_loss, reference)
+    for name, got, want in zip(("hidden", "weight", "bias"), grads_of(loss, inputs), expected):
+        assert got.dtype == inputs.hidden.dtype
+        assert_close(got, want, tol, f"d loss / d {name} ({what})")
+
+
 @pytest.mark.parametrize("impl,device", IMPLEMENTATIONS)
 @pytest.mark.parametrize("softcap", [None, 4.0], ids=["plain", "softcap"])
 @pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
@@ -59,10 +67,7 @@ def test_matches_the_composed_route(impl, device, softcap, frozen, bias, fresh_s
     assert not logp.requires_grad and logp.shape == (2 * PAIRS, T)
     assert_close(logp, expected_logp, TOLERANCE[torch.float32], f"logp (seed={fresh_seed})")
     assert_close(loss, expected_loss, TOLERANCE[torch.float32], f"loss (seed={fresh_seed})")
-    for name, got, want in zip(
-        ("hidden", "weight", "bias"), grads_of(loss, inputs), grads_of(expected_loss, reference)
-    ):
-        assert_close(got, want, TOLERANCE[torch.float32], f"d loss / d {name} (seed={fresh_seed})")
+    assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[torch.float32], f"seed={fresh_seed}")
 
 
 @pytest.mark.parametrize(
@@ -78,13 +83,15 @@ def test_matches_the_composed_route(impl, device, softcap, frozen, bias, fresh_s
         pytest.param(5, 12, None, 2, 0, id="groups-10-store-12-all-kept"),
     ],
 )
-def test_phases_keep_and_recompute_rows(scored, store_rows, softcap, expected_phases, expected_recomputed, monkeypatch):
+def test_phases_keep_and_recompute_rows(
+    scored, store_rows, softcap, expected_phases, expected_recomputed, monkeypatch, fresh_seed
+):
     """Trainable head on the chunked backend: each phase's rows are kept (dW buffer in the first phase, then the
     store) or recomputed, and the result is exact whatever the split."""
     inputs = make_inputs((2 * PAIRS, T), D, V, bias=True, ignored_fraction=0.0)
     inputs.targets[:, : T - scored] = -100
     buffers = 1 if softcap is None else 2  # the softcap's gradient needs the logits beside the probabilities
-    backend = chunked.ChunkedTorchBackend(store_bytes=store_rows * 4 * V * buffers, tile_bytes=1, block_bytes=5 * 4 * D)
+    backend = small_backend(store_rows, buffers)
     monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: backend)
     phases, recomputed = [], []
     plan, recompute = chunked.plan_phases, chunked.ChunkedTorchBackend._recompute_gradients
@@ -100,10 +107,7 @@ def test_phases_keep_and_recompute_rows(scored, store_rows, softcap, expected_ph
     assert len(phases[0]) == expected_phases
     assert sum(recomputed) == expected_recomputed
     assert_close(loss, expected_loss, TOLERANCE[torch.float32], "loss")
-    for name, got, want in zip(
-        ("hidden", "weight", "bias"), grads_of(loss, inputs), grads_of(expected_loss, reference)
-    ):
-        assert_close(got, want, TOLERANCE[torch.float32], f"d loss / d {name}")
+    assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[torch.float32], f"seed={fresh_seed}")
 
 
 def test_an_objective_that_mixes_groups_is_caught(monkeypatch):
@@ -122,11 +126,7 @@ def test_half_precision_inputs_in_several_phases(dtype, monkeypatch, fresh_seed)
     loss, _ = separable(inputs, "torch", softcap=6.0)
     reference, expected_loss, _ = composed_reference(inputs, softcap=6.0)
     assert_close(loss, expected_loss, TOLERANCE[dtype], f"{dtype} loss (seed={fresh_seed})")
-    for name, got, want in zip(
-        ("hidden", "weight", "bias"), grads_of(loss, inputs), grads_of(expected_loss, reference)
-    ):
-        assert got.dtype == dtype
-        assert_close(got, want, TOLERANCE[dtype], f"{dtype} d loss / d {name} (seed={fresh_seed})")
+    assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[dtype], f"seed={fresh_seed}")
 
 
 def test_upstream_gradient_scales_the_saved_gradients(fresh_seed):
