@@ -129,6 +129,21 @@ def test_half_precision_inputs_in_several_phases(dtype, monkeypatch, fresh_seed)
     assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[dtype], f"seed={fresh_seed}")
 
 
+@pytest.mark.parametrize(
+    "trained", [("weight",), ("weight", "bias"), ("bias",), ("hidden", "bias")], ids=lambda t: "+".join(t)
+)
+def test_any_subset_of_inputs_gets_gradients_in_several_phases(trained, monkeypatch, fresh_seed):
+    """Phases with only some of hidden, weight, bias requiring grad (a head-only fine-tune, a trainable bias)."""
+    monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: small_backend(store_rows=3))
+    inputs = make_inputs((2 * PAIRS, T), D, V, bias=True)
+    for name in ("hidden", "weight", "bias"):
+        getattr(inputs, name).requires_grad_(name in trained)
+    loss, _ = separable(inputs, "torch")
+    reference, expected_loss, _ = composed_reference(inputs)
+    assert len(inputs.leaves()) == len(trained)
+    assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[torch.float32], f"seed={fresh_seed}")
+
+
 def test_upstream_gradient_scales_the_saved_gradients(fresh_seed):
     inputs = make_inputs((2 * PAIRS, T), D, V, bias=True)
     loss, _ = separable(inputs, "torch")
