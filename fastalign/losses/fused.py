@@ -114,17 +114,6 @@ class _FusedLinearHead(nn.Module):
         )
         return loss, objective(token_logps)[1]
 
-    def _sequence_ids(self, targets: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
-        """The sequence each position belongs to, int64 of targets' shape."""
-        if cu_seqlens is None:
-            return torch.arange(targets.shape[0], device=targets.device)[:, None].expand(targets.shape)
-        positions = torch.arange(targets.numel(), device=targets.device).view(targets.shape)
-        return torch.searchsorted(cu_seqlens[1:].long(), positions, right=True)
-
-    def _pair_ids(self, targets: torch.Tensor, cu_seqlens: torch.Tensor | None, num_pairs: int) -> torch.Tensor:
-        """The pair each position belongs to (sequences i and B + i form pair i), int64 of targets' shape."""
-        return self._sequence_ids(targets, cu_seqlens) % num_pairs
-
     def _score(
         self,
         hidden: torch.Tensor,
@@ -176,6 +165,19 @@ class _FusedLinearHead(nn.Module):
         """Token-mean cross-entropy over the positions scored by ``nll_targets``: -sum(log p) / max(count, 1)."""
         mask = nll_targets != self.ignore_index
         return -torch.where(mask, token_logps, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def _sequence_ids(targets: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """The sequence each position belongs to, int64 of targets' shape."""
+    if cu_seqlens is None:
+        return torch.arange(targets.shape[0], device=targets.device)[:, None].expand(targets.shape)
+    positions = torch.arange(targets.numel(), device=targets.device).view(targets.shape)
+    return torch.searchsorted(cu_seqlens[1:].long(), positions, right=True)
+
+
+def _pair_ids(targets: torch.Tensor, cu_seqlens: torch.Tensor | None, num_pairs: int) -> torch.Tensor:
+    """The pair each position belongs to (sequences i and B + i form pair i), int64 of targets' shape."""
+    return _sequence_ids(targets, cu_seqlens) % num_pairs
 
 
 def _num_pairs(num_sequences: int) -> int:
@@ -282,7 +284,7 @@ class FusedLinearDPOLoss(_FusedLinearHead):
                 discopop_tau=self.discopop_tau,
             )
 
-        pairs = self._pair_ids(targets, cu_seqlens, num_pairs)
+        pairs = _pair_ids(targets, cu_seqlens, num_pairs)
         loss, metrics = self._objective_loss(hidden, weight, bias, targets, pairs, objective)
         metrics["empty_sequences"] = _empty_sequences(counts)
         return loss, metrics
@@ -344,7 +346,7 @@ class FusedLinearORPOLoss(_FusedLinearHead):
             nll = self._nll(token_logps, nll_targets)
             return orpo_loss(logps[:num_pairs], logps[num_pairs:], beta=self.beta, nll_loss=nll)
 
-        pairs = self._pair_ids(targets, cu_seqlens, num_pairs)
+        pairs = _pair_ids(targets, cu_seqlens, num_pairs)
         loss, metrics = self._objective_loss(hidden, weight, bias, scored, pairs, objective)
         metrics["empty_sequences"] = _empty_sequences(self._counts(targets, cu_seqlens))
         return loss, metrics
@@ -417,7 +419,7 @@ class FusedLinearCPOLoss(_FusedLinearHead):
                 cpo_alpha=self.cpo_alpha,
             )
 
-        pairs = self._pair_ids(targets, cu_seqlens, num_pairs)
+        pairs = _pair_ids(targets, cu_seqlens, num_pairs)
         loss, metrics = self._objective_loss(hidden, weight, bias, targets, pairs, objective)
         metrics["empty_sequences"] = _empty_sequences(self._counts(targets, cu_seqlens))
         return loss, metrics
@@ -510,7 +512,7 @@ class FusedLinearKTOLoss(_FusedLinearHead):
                 loss_type=self.loss_type,
             )
 
-        examples = self._sequence_ids(targets, cu_seqlens)
+        examples = _sequence_ids(targets, cu_seqlens)
         loss, metrics = self._objective_loss(hidden, weight, bias, targets, examples, objective)
         metrics["empty_sequences"] = _empty_sequences(self._counts(targets, cu_seqlens))
         return loss, metrics
