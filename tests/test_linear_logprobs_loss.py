@@ -77,6 +77,8 @@ def test_matches_the_composed_route(impl, device, softcap, frozen, bias, fresh_s
         # recomputes 1; phases 2 and 3 keep 3 and recompute 17 each.
         pytest.param(10, 3, None, 3, 1 + 17 + 17, id="groups-20-store-3"),
         pytest.param(10, 1, None, 3, 3 + 19 + 19, id="groups-20-store-1"),
+        # A store of 9 rows (2700 floats) holds the sweeps' tiles (2 x 5 rows x 256 columns) before its chunk.
+        pytest.param(10, 9, None, 3, 0 + 11 + 11, id="groups-20-store-9-tiles-in-store"),
         # Groups of 10: the second group joins phase 1 (an overflow of 1 there beats 7 in a fresh phase).
         pytest.param(5, 3, None, 2, 1 + 7, id="groups-10-store-3"),
         pytest.param(5, 3, 4.0, 2, 1 + 7, id="groups-10-store-3-softcap-two-buffers"),
@@ -99,7 +101,9 @@ def test_phases_keep_and_recompute_rows(
     monkeypatch.setattr(
         chunked.ChunkedTorchBackend,
         "_recompute_gradients",
-        lambda self, rows, span, *a: recomputed.append(span.stop - span.start) or recompute(self, rows, span, *a),
+        lambda self, rows, span, *a, **k: (
+            recomputed.append(span.stop - span.start) or recompute(self, rows, span, *a, **k)
+        ),
     )
 
     loss, _ = separable(inputs, "torch", softcap=softcap)

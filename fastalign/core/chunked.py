@@ -54,10 +54,12 @@ traffic to be small beside its three matmuls. Measured on a 2-core x86 CPU (N=40
 process, interleaved): 32/64/128 MiB took 0.92/0.87/0.83x naive's time, with a peak still below torch's chunked
 linear_cross_entropy (benchmarks/bench_linear_ce.py)."""
 
-DEFAULT_STORE_BYTES = 40 << 20
-"""The ``[rows, V]`` float32 logits a separable loss keeps per phase beside the dW buffer (separable_loss): 327
-rows at V=32000. Each kept row saves a recomputation of its logits; the budget keeps the trainable DPO/ORPO head
-of benchmarks/bench_preference.py (B=4 pairs, T=512, D=1024) under half of Liger-Kernel's peak."""
+DEFAULT_STORE_BYTES = 48 << 20
+"""The ``[rows, V]`` float32 logits a separable loss keeps per phase beside the dW buffer (separable_loss): 393
+rows at V=32000. Each kept row saves a recomputation of its logits. The store is also the vocabulary sweeps' tile
+workspace while it holds no logits, so the peak is dW + this + dh + the D kept rows' hidden states and their
+gradient tile: 194.7 MiB for the trainable DPO/ORPO head of benchmarks/bench_preference.py (B=4 pairs, T=512,
+D=1024), 0.49x Liger-Kernel's 395 MiB."""
 
 DEFAULT_BLOCK_BYTES = 4 << 20
 """The float32 hidden-state block ``[rows, D]`` the vocabulary sweeps stream their tiles past: 1024 rows at D=1024.
@@ -108,9 +110,10 @@ class ChunkedTorchBackend:
             width = cols.stop - cols.start
             yield cols, workspace.logits(num_rows, width), workspace.probs(num_rows, width, column_major)
 
-    def _tile_workspace(self, num_rows: int, weight) -> _Workspace:
+    def _tile_workspace(self, num_rows: int, weight, memory=None) -> _Workspace:
         block = min(self.rows_per_block(weight.shape[1]), num_rows)
-        return _Workspace(block * self.vocab_tile(block, weight.shape[0]), weight.device, _stats_dtype(weight))
+        numel = block * self.vocab_tile(block, weight.shape[0])
+        return _Workspace(numel, weight.device, _stats_dtype(weight), memory=memory)
 
     def sweep(self, rows, weight, bias, transform, request, accumulate, keep_logits=False):
         """One online-softmax pass over vocabulary tiles per block of rows (see the module docstring). With
@@ -124,13 +127,15 @@ class ChunkedTorchBackend:
         self._sweep(rows, slice(0, rows.num_rows), weight, bias, transform, request, stats, acc, kept, num_kept)
         return stats, acc if accumulate else kept
 
-    def _sweep(self, rows, span, weight, bias, transform, request, stats, acc=None, kept=None, num_kept=0):
+    def _sweep(self, rows, span, weight, bias, transform, request, stats, acc=None, kept=None, num_kept=0,
+               memory=None):  # fmt: skip
         """Fill ``stats`` (and ``acc``) at the scored rows ``span``; the logits of the scored rows [0, num_kept),
-        where the span covers them, go transposed into the flat buffer ``kept`` (see _kept_logits)."""
+        where the span covers them, go transposed into the flat buffer ``kept`` (see _kept_logits). The tiles are
+        views of ``memory`` when given and large enough (see _Workspace)."""
         if span.stop == span.start:
             return
         kept_logits = _kept_logits(kept, weight, num_kept) if num_kept else None
-        workspace = self._tile_workspace(span.stop - span.start, weight)
+        workspace = self._tile_workspace(span.stop - span.start, weight, memory)
         for block, hidden in self._blocks(rows, weight.shape[1], span):
             block_stats = _rows_of(stats, block)
             block_acc = None if acc is None else acc[block]
@@ -187,11 +192,12 @@ class ChunkedTorchBackend:
         self._recompute_gradients(rows, slice(num_kept, rows.num_rows), weight, bias, transform, stats, grad, grads)
         return grads
 
-    def _recompute_gradients(self, rows, span, weight, bias, transform, stats, grad, grads) -> None:
-        """Add the gradients of the scored rows ``span`` to ``grads``, recomputing their logits."""
+    def _recompute_gradients(self, rows, span, weight, bias, transform, stats, grad, grads, memory=None) -> None:
+        """Add the gradients of the scored rows ``span`` to ``grads``, recomputing their logits (tiles in ``memory``
+        as for _sweep)."""
         if span.stop == span.start:
             return
-        workspace = self._tile_workspace(span.stop - span.start, weight)
+        workspace = self._tile_workspace(span.stop - span.start, weight, memory)
         for block, hidden in self._blocks(rows, weight.shape[1], span):
             targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
             hidden_for_dw = hidden.to(grads.weight.dtype) if grads.weight is not None else None
@@ -201,9 +207,11 @@ class ChunkedTorchBackend:
                 self._tile_gradients(logits, probs_buffer, hidden_for_dw, weight, targets, transform, block_stats,
                                      block_grad, grads, block, cols)  # fmt: skip
 
-    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept, num_kept) -> None:
+    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept, num_kept,
+                                memory=None) -> None:  # fmt: skip
         """Gradients of the scored rows [0, num_kept) from their kept logits, turning ``kept`` into dW on the way
-        (dW and db are written, not added to: call this first).
+        (dW and db are written, not added to: call this first). One [R, tile] buffer, in ``memory`` if it fits
+        (see _Workspace).
 
         The kept logits are z.T [V, R] at the start of the buffer, dW [V, D] is the whole buffer, R <= D. Going
         through the vocabulary tiles backwards, a tile's logits are used up (dL/da formed from them) before dW's rows
@@ -220,7 +228,7 @@ class ChunkedTorchBackend:
         hidden_for_dw = hidden.to(grads.weight.dtype)
         targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
         tile = self.vocab_tile(num_kept, weight.shape[0])
-        workspace = _Workspace(num_kept * tile, kept.device, kept.dtype, shared=True)
+        workspace = _Workspace(num_kept * tile, kept.device, kept.dtype, shared=True, memory=memory)
         for start in reversed(range(0, weight.shape[0], tile)):
             cols = slice(start, min(start + tile, weight.shape[0]))
             # [R, tile] laid out like the kept logits (column-major): elementwise work runs on contiguous memory
@@ -265,13 +273,15 @@ class ChunkedTorchBackend:
         return total, grads
 
     @staticmethod
-    def _chunk_workspace(budget: int, num_rows: int, weight, transform, request) -> tuple[_Workspace, int]:
-        """Buffers for ``[rows, V]`` chunks within ``budget`` bytes, and their rows (at most num_rows, at least 1).
-        The probabilities overwrite the logits unless the gradient needs the logits too (see _logit_grad_)."""
+    def _chunk_workspace(budget: int, num_rows: int, weight, transform, request, memory=None):
+        """Buffers for ``[rows, V]`` chunks within ``budget`` bytes (views of ``memory`` when given), and their rows
+        (at most num_rows, at least 1). The probabilities overwrite the logits unless the gradient needs the logits
+        too (see _logit_grad_)."""
         in_place = transform.softcap is None and not request.mean_logit
         vocab_size = weight.shape[0]
         step = min(rows_per_chunk(budget, vocab_size, buffers=1 if in_place else 2), max(num_rows, 1))
-        return _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place), step
+        workspace = _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place, memory=memory)
+        return workspace, step
 
     def separable_loss(self, rows, weight, bias, transform, group_sizes, row_grad, needs):
         """Log-probs and gradients of a separable loss (see LinearSeparableLoss), one phase of whole groups at a
@@ -282,7 +292,9 @@ class ChunkedTorchBackend:
         4 (a recomputation): the first phase keeps D rows in the buffer that becomes dW (as ``gradients`` does)
         and every phase keeps ``store_bytes`` worth more in a [rows, V] chunk reused from phase to phase (a
         composed loss could keep only the D: every row is scored before any gradient is known). The other rows
-        are swept (online softmax) and recomputed. A frozen head has no recomputation to save: every group at once.
+        are swept (online softmax) and recomputed, with their vocabulary tiles in the store while it holds no
+        chunk: before the chunk is scored and after its gradients are formed. A frozen head has no recomputation to
+        save: every group at once.
         """
         if not needs.weight or rows.num_rows == 0:
             return separable_loss_via_stats(self, rows, weight, bias, transform, group_sizes, row_grad, needs)
@@ -291,7 +303,8 @@ class ChunkedTorchBackend:
         grad = logprob_grad(torch.zeros_like(stats.lse))
         dw_buffer = weight.new_empty(weight.numel(), dtype=_stats_dtype(weight))
         grads = _zero_gradients(rows, weight, bias, needs, weight_buffer=dw_buffer)
-        store, store_rows = self._chunk_workspace(self.store_bytes, rows.num_rows, weight, transform, request)
+        memory = weight.new_empty(self.store_bytes // 4, dtype=_stats_dtype(weight))
+        store, store_rows = self._chunk_workspace(self.store_bytes, rows.num_rows, weight, transform, request, memory)
         dim = weight.shape[1]
         phases = plan_phases(group_sizes, dim + store_rows, store_rows)
         for number, phase in enumerate(phases):
@@ -299,11 +312,11 @@ class ChunkedTorchBackend:
             stored = slice(phase.start + num_kept, min(phase.start + num_kept + store_rows, phase.stop))
             swept = slice(stored.stop, phase.stop)
             self._sweep(rows, slice(0, num_kept), weight, bias, transform, request, stats, kept=dw_buffer,
-                        num_kept=num_kept)  # fmt: skip
+                        num_kept=num_kept, memory=memory)  # fmt: skip
+            self._sweep(rows, swept, weight, bias, transform, request, stats, memory=memory)
             scored = _score_chunk(rows, stored, weight, bias, transform, request, store)
             if scored is not None:
                 stats.lse[stored], stats.target_logit[stored] = scored.stats.lse, scored.stats.target_logit
-            self._sweep(rows, swept, weight, bias, transform, request, stats)
             logps = stats.target_logit - stats.lse
             grad.target_logit[phase] = row_grad(logps, phase)
             torch.neg(grad.target_logit[phase], out=grad.lse[phase])
@@ -311,7 +324,7 @@ class ChunkedTorchBackend:
                 self._gradients_of_kept_rows(rows, weight, transform, stats, grad, grads, dw_buffer, num_kept)
             if scored is not None:
                 scored.accumulate_gradients(_rows_of(grad, stored), transform, weight, grads)
-            self._recompute_gradients(rows, swept, weight, bias, transform, stats, grad, grads)
+            self._recompute_gradients(rows, swept, weight, bias, transform, stats, grad, grads, memory=memory)
         if len(phases) > 1:
             _check_separable(row_grad(logps, slice(0, rows.num_rows)), grad.target_logit)
         return logps, grads
@@ -349,11 +362,16 @@ def _score_chunk(rows: ScoredRows, chunk: slice, weight, bias, transform, reques
 class _Workspace:
     """Two flat float buffers (logits; probabilities, then dL/da) viewed as contiguous [rows, width] blocks:
     allocated once per call, since a fresh 16-64 MiB buffer per block costs a page fault per 4 KiB on CPU. With
-    ``shared`` both are one buffer (for a caller that overwrites the logits with the probabilities)."""
+    ``shared`` both are one buffer (for a caller that overwrites the logits with the probabilities). With ``memory``
+    (a flat buffer of the same dtype, idle while the workspace is in use) they are the start of it when it is large
+    enough: separable_loss runs its sweeps in its store."""
 
-    def __init__(self, numel: int, device, dtype, shared: bool = False):
-        self._logits = torch.empty(numel, device=device, dtype=dtype)
-        self._probs = self._logits if shared else torch.empty(numel, device=device, dtype=dtype)
+    def __init__(self, numel: int, device, dtype, shared: bool = False, memory: torch.Tensor | None = None):
+        needed = numel if shared else 2 * numel
+        if memory is None or memory.numel() < needed:
+            memory = torch.empty(needed, device=device, dtype=dtype)
+        self._logits = memory[:numel]
+        self._probs = self._logits if shared else memory[numel:needed]
 
     def logits(self, rows: int, width: int) -> torch.Tensor:
         return self._logits[: rows * width].view(rows, width)
