@@ -22,6 +22,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -299,6 +300,50 @@ def worker(spec: dict) -> None:
         del outputs, x
 
 
+def paired_worker(spec: dict) -> None:
+    """Subprocess entry for --paired: one loss and mode, every method in this one process, their steps taking turns
+    (the order rotating every round); prints the step times as one ``PAIRED {method: [seconds]}`` line."""
+    cfg = Config(**spec["config"])
+    x = make_inputs(cfg, spec["ref_logps"])
+    steps = {name: Step(METHODS[name].load(spec["loss"], x, cfg), x, MODES[spec["mode"]]) for name in spec["methods"]}
+    for step in steps.values():
+        for _ in range(cfg.warmup):
+            step()
+    names, times = list(steps), {name: [] for name in steps}
+    for turn in range(spec["rounds"]):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    print("PAIRED " + json.dumps(times), flush=True)
+
+
+def run_paired(cfg: Config, loss: str, mode: str, methods: list[str], rounds: int, ref_logps: list[float]) -> dict:
+    """{method: [seconds per round]} from a paired_worker process (naive first in ``methods``)."""
+    spec = {"config": asdict(cfg), "loss": loss, "mode": mode, "methods": methods, "rounds": rounds,
+            "ref_logps": ref_logps, "paired": True}  # fmt: skip
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800 + 60 * rounds * len(methods))
+    for line in proc.stdout.splitlines():
+        if line.startswith("PAIRED "):
+            return json.loads(line[len("PAIRED ") :])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    raise RuntimeError(f"paired timing of {loss} {mode} failed: {lines[-1] if lines else proc.returncode}")
+
+
+def add_paired_ratios(rows: list[dict], loss: str, mode: str, times: dict) -> None:
+    """time vs naive (and vs liger) as the median over rounds of the ratio of two steps of the same round: a drift
+    of the host's speed over seconds to minutes cancels in each ratio."""
+    liger = "liger" if "liger" in times else "liger_eager" if "liger_eager" in times else None
+    for r in rows:
+        if r["loss"] != loss or r["mode"] != mode or r["method"] not in times:
+            continue
+        mine = times[r["method"]]
+        r["paired_times_s"] = mine
+        r["time_vs_naive_paired"] = statistics.median(t / n for t, n in zip(mine, times["naive"]))
+        r["time_vs_liger_paired"] = statistics.median(t / n for t, n in zip(mine, times[liger])) if liger else None
+
+
 def run_subprocess(cfg: Config, cases: list[tuple[str, str, str]], ref_logps: list[float], scratch: Path) -> dict:
     """{case: (Measurement, outputs) or the exception that stopped it} from one worker process."""
     spec = {"config": asdict(cfg), "cases": cases, "ref_logps": ref_logps, "outputs": str(scratch)}
@@ -387,21 +432,25 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def check_targets(rows: list[dict], device: str) -> list[dict]:
+    """Each fastalign row against the device's targets; a time ratio is the paired one when --paired measured it."""
     checks = []
     for r in rows:
         if not r["method"].startswith("fastalign_") or r["status"] != "ok":
             continue
         for what, limit in TARGETS[device]:
-            ratio = r.get(what.replace(" ", "_"))
+            key = what.replace(" ", "_")
+            paired = r.get(key + "_paired") is not None
+            ratio = r[key + "_paired"] if paired else r.get(key)
             if ratio is not None:
                 checks.append({"method": r["method"], "loss": r["loss"], "mode": r["mode"], "what": what,
-                               "ratio": ratio, "limit": limit, "met": ratio <= limit})  # fmt: skip
+                               "paired": paired, "ratio": ratio, "limit": limit, "met": ratio <= limit})  # fmt: skip
     return checks
 
 
 def print_table(rows: list[dict]) -> None:
     headers = ["loss", "mode", "method", "median ms", "cpu ms", "peak extra MiB", "time vs naive", "time vs liger",
-               "mem vs naive", "mem vs liger", "loss err", "grad err", "status"]  # fmt: skip
+               "paired vs naive", "paired vs liger", "mem vs naive", "mem vs liger", "loss err", "grad err",
+               "status"]  # fmt: skip
     lines = [
         [
             r["loss"],
@@ -412,6 +461,8 @@ def print_table(rows: list[dict]) -> None:
             fmt(r["peak_extra_bytes"] / 2**20 if "peak_extra_bytes" in r else None, ".1f"),
             fmt(r.get("time_vs_naive"), ".2f"),
             fmt(r.get("time_vs_liger"), ".2f"),
+            fmt(r.get("time_vs_naive_paired"), ".2f"),
+            fmt(r.get("time_vs_liger_paired"), ".2f"),
             fmt(r.get("memory_vs_naive"), ".2f"),
             fmt(r.get("memory_vs_liger"), ".2f"),
             fmt(r.get("errors", {}).get("value", {}).get("max_abs_err"), ".1e"),
@@ -449,6 +500,13 @@ def parse_args(argv=None):
         default=1,
         help="CPU: run every case this many times, the cases taking "
         "turns, and pool the timed steps (a drift of the machine's speed then hits every method alike)",
+    )
+    p.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        help="CPU: then time every (loss, mode) again with all its methods in one process, one step each per round "
+        "for this many rounds, and take time ratios per round (paired; the targets use them)",
     )
     p.add_argument("--losses", default=",".join(LOSSES), help=f"comma list from {','.join(LOSSES)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list from {','.join(MODES)}")
@@ -488,7 +546,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, cfg, losses, modes, method_names = parse_args(argv)
     if args.worker:
-        worker(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        paired_worker(spec) if spec.get("paired") else worker(spec)
         return 0
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
@@ -555,6 +614,14 @@ def main(argv=None) -> int:
         for name in method_names
     ]
     add_ratios(rows)
+    if cfg.device == "cpu" and args.paired > 0:
+        for loss in losses:
+            for mode in modes:
+                ok = [r["method"] for r in rows if (r["loss"], r["mode"]) == (loss, mode) and r["status"] == "ok"]
+                if "naive" in ok and len(ok) > 1:
+                    print(f"  paired timing: {loss} {mode}, {', '.join(ok)}, {args.paired} rounds", flush=True)
+                    times = run_paired(cfg, loss, mode, ok, args.paired, ref_logps)
+                    add_paired_ratios(rows, loss, mode, times)
     targets = [] if cfg.quick else check_targets(rows, cfg.device)  # set for the default sizes, not tiny ones
     report = {
         "benchmark": "preference",
@@ -564,6 +631,7 @@ def main(argv=None) -> int:
         "versions": versions(),
         "config": {
             **asdict(cfg),
+            "paired_rounds": args.paired,
             "rows": 2 * cfg.pairs,
             "scored_tokens_per_row": cfg.seq - int(cfg.prompt_fraction * cfg.seq) - 1,
             "torch_threads": torch.get_num_threads(),
@@ -585,7 +653,8 @@ def main(argv=None) -> int:
         for note in r.get("notes", []):
             print(f"note: {r['loss']} {r['mode']} {r['method']}: {note}")
     for t in targets:
-        print(f"target: {t['method']} {t['loss']} {t['mode']}: {t['what']} {t['ratio']:.2f} (<= {t['limit']}): "
+        how = " (paired)" if t["paired"] else ""
+        print(f"target: {t['method']} {t['loss']} {t['mode']}: {t['what']}{how} {t['ratio']:.2f} (<= {t['limit']}): "
               f"{'met' if t['met'] else 'MISSED'}")  # fmt: skip
     if written is not None:
         print(f"wrote {written}")

@@ -148,6 +148,19 @@ def test_any_subset_of_inputs_gets_gradients_in_several_phases(trained, monkeypa
     assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[torch.float32], f"seed={fresh_seed}")
 
 
+def test_buffers_fit_the_rows_not_the_budget(monkeypatch):
+    """With the default budgets (a 48 MiB store) a small call allocates its [rows, V] store, and the tiles it lends
+    to the sweeps, for the rows it has: no buffer beyond 2 x rows x V floats."""
+    sizes, init = [], chunked._Workspace.__init__
+    monkeypatch.setattr(
+        chunked._Workspace, "__init__", lambda self, *a, **k: init(self, *a, **k) or sizes.append(self.memory.numel())
+    )
+    inputs = make_inputs((2 * PAIRS, T), D, V, ignored_fraction=0.0)
+    loss, _ = separable(inputs, "torch")
+    loss.backward()
+    assert sizes and max(sizes) <= 2 * inputs.targets.numel() * V
+
+
 def test_upstream_gradient_scales_the_saved_gradients(fresh_seed):
     inputs = make_inputs((2 * PAIRS, T), D, V, bias=True)
     loss, _ = separable(inputs, "torch")

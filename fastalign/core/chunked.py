@@ -273,15 +273,13 @@ class ChunkedTorchBackend:
         return total, grads
 
     @staticmethod
-    def _chunk_workspace(budget: int, num_rows: int, weight, transform, request, memory=None):
-        """Buffers for ``[rows, V]`` chunks within ``budget`` bytes (views of ``memory`` when given), and their rows
-        (at most num_rows, at least 1). The probabilities overwrite the logits unless the gradient needs the logits
-        too (see _logit_grad_)."""
+    def _chunk_workspace(budget: int, num_rows: int, weight, transform, request) -> tuple[_Workspace, int]:
+        """Buffers for ``[rows, V]`` chunks within ``budget`` bytes, and their rows (at most num_rows, at least 1).
+        The probabilities overwrite the logits unless the gradient needs the logits too (see _logit_grad_)."""
         in_place = transform.softcap is None and not request.mean_logit
         vocab_size = weight.shape[0]
         step = min(rows_per_chunk(budget, vocab_size, buffers=1 if in_place else 2), max(num_rows, 1))
-        workspace = _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place, memory=memory)
-        return workspace, step
+        return _Workspace(step * vocab_size, weight.device, _stats_dtype(weight), shared=in_place), step
 
     def separable_loss(self, rows, weight, bias, transform, group_sizes, row_grad, needs):
         """Log-probs and gradients of a separable loss (see LinearSeparableLoss), one phase of whole groups at a
@@ -303,8 +301,8 @@ class ChunkedTorchBackend:
         grad = logprob_grad(torch.zeros_like(stats.lse))
         dw_buffer = weight.new_empty(weight.numel(), dtype=_stats_dtype(weight))
         grads = _zero_gradients(rows, weight, bias, needs, weight_buffer=dw_buffer)
-        memory = weight.new_empty(self.store_bytes // 4, dtype=_stats_dtype(weight))
-        store, store_rows = self._chunk_workspace(self.store_bytes, rows.num_rows, weight, transform, request, memory)
+        store, store_rows = self._chunk_workspace(self.store_bytes, rows.num_rows, weight, transform, request)
+        memory = store.memory
         dim = weight.shape[1]
         phases = plan_phases(group_sizes, dim + store_rows, store_rows)
         for number, phase in enumerate(phases):
@@ -370,6 +368,7 @@ class _Workspace:
         needed = numel if shared else 2 * numel
         if memory is None or memory.numel() < needed:
             memory = torch.empty(needed, device=device, dtype=dtype)
+        self.memory = memory  # flat
         self._logits = memory[:numel]
         self._probs = self._logits if shared else memory[numel:needed]
 
