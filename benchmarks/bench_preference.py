@@ -633,7 +633,7 @@ def main(argv=None) -> int:
             **asdict(cfg),
             "paired_rounds": args.paired,
             "rows": 2 * cfg.pairs,
-            "scored_tokens_per_row": cfg.seq - int(cfg.prompt_fraction * cfg.seq) - 1,
+            "scored_tokens_per_row": cfg.seq - int(cfg.prompt_fraction * cfg.seq),  # labels shifted by one
             "torch_threads": torch.get_num_threads(),
             "logit_std": LOGIT_STD,
         },
