@@ -207,11 +207,9 @@ class ChunkedTorchBackend:
                 self._tile_gradients(logits, probs_buffer, hidden_for_dw, weight, targets, transform, block_stats,
                                      block_grad, grads, block, cols)  # fmt: skip
 
-    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept, num_kept,
-                                memory=None) -> None:  # fmt: skip
+    def _gradients_of_kept_rows(self, rows, weight, transform, stats, grad, grads, kept, num_kept) -> None:
         """Gradients of the scored rows [0, num_kept) from their kept logits, turning ``kept`` into dW on the way
-        (dW and db are written, not added to: call this first). One [R, tile] buffer, in ``memory`` if it fits
-        (see _Workspace).
+        (dW and db are written, not added to: call this first).
 
         The kept logits are z.T [V, R] at the start of the buffer, dW [V, D] is the whole buffer, R <= D. Going
         through the vocabulary tiles backwards, a tile's logits are used up (dL/da formed from them) before dW's rows
@@ -228,7 +226,7 @@ class ChunkedTorchBackend:
         hidden_for_dw = hidden.to(grads.weight.dtype)
         targets, block_stats, block_grad = rows.targets[block], _rows_of(stats, block), _rows_of(grad, block)
         tile = self.vocab_tile(num_kept, weight.shape[0])
-        workspace = _Workspace(num_kept * tile, kept.device, kept.dtype, shared=True, memory=memory)
+        workspace = _Workspace(num_kept * tile, kept.device, kept.dtype, shared=True)
         for start in reversed(range(0, weight.shape[0], tile)):
             cols = slice(start, min(start + tile, weight.shape[0]))
             # [R, tile] laid out like the kept logits (column-major): elementwise work runs on contiguous memory
