@@ -148,6 +148,19 @@ def test_any_subset_of_inputs_gets_gradients_in_several_phases(trained, monkeypa
     assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[torch.float32], f"seed={fresh_seed}")
 
 
+@pytest.mark.parametrize("softcap", [None, 4.0], ids=["plain", "softcap"])
+def test_chunk_logits_in_column_tiles(softcap, monkeypatch, fresh_seed):
+    """A stored chunk's logits are written 128 vocabulary columns at a time (3 tiles of V=300, the last partial),
+    with the bias and the softcap applied per tile."""
+    monkeypatch.setattr(chunked, "CHUNK_COLUMNS", 128)
+    monkeypatch.setattr("fastalign.core.dispatch._torch_backend", lambda: small_backend(store_rows=6, buffers=2))
+    inputs = make_inputs((2 * PAIRS, T), D, V, bias=True)
+    loss, logp = separable(inputs, "torch", softcap=softcap)
+    reference, expected_loss, expected_logp = composed_reference(inputs, softcap=softcap)
+    assert_close(logp, expected_logp, TOLERANCE[torch.float32], f"logp (seed={fresh_seed})")
+    assert_gradients_close(loss, inputs, expected_loss, reference, TOLERANCE[torch.float32], f"seed={fresh_seed}")
+
+
 def test_buffers_fit_the_rows_not_the_budget(monkeypatch):
     """With the default budgets (a 48 MiB store) a small call allocates its [rows, V] store, and the tiles it lends
     to the sweeps, for the rows it has: no buffer beyond 2 x rows x V floats."""
