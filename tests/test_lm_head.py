@@ -58,7 +58,9 @@ def assert_same_loss_and_gradients(model, inputs):
     grads = torch.autograd.grad(fused, params)
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
     for g, e in zip(grads, expected):
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+        # Float32 rounding scales with a gradient's largest entries, not with each entry: on the quantized models
+        # some entries are ~1e-3 of the largest (measured error <= 8e-7 of the largest over 12 seeds, int8 and nf4)
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=max(1e-6, 1e-5 * e.abs().max().item()))
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
