@@ -1,8 +1,11 @@
 """Packaging glue that pyproject.toml cannot express.
 
 The Triton kernels live in the top-level ``kernels/`` folder of the repository (the layout shows the architecture),
-but they ship as ``fastalign.kernels``: a top-level module named ``kernels`` would shadow the Hugging Face package of
-that name, which transformers imports.
+and ship as ``fastalign.kernels`` through the symbolic link ``fastalign/kernels -> ../kernels``. The folder has no
+``__init__.py`` on purpose: a regular package named ``kernels`` at the repository root would shadow the Hugging Face
+package of that name (which transformers imports) whenever Python runs from the root (``python -m pytest``,
+``python -m fastalign``); without one it is at most a namespace portion, which any installed package outranks.
+``fastalign.kernels`` is then a namespace package inside ``fastalign``, in a checkout and in a wheel alike.
 
 The C++/CUDA sources live in the top-level ``csrc/`` folder and ship as data inside ``fastalign/csrc``, so an
 installed wheel can JIT-build the extension (``fastalign.ext``) exactly as a checkout does. With
@@ -46,8 +49,8 @@ def ahead_of_time_extension() -> dict:
 
 
 setup(
-    packages=find_packages(include=["fastalign", "fastalign.*"]) + ["fastalign.kernels", "fastalign.csrc"],
-    package_dir={"fastalign": "fastalign", "fastalign.kernels": "kernels", "fastalign.csrc": "csrc"},
+    packages=find_packages(include=["fastalign", "fastalign.*"])
+    + ["fastalign.assets", "fastalign.kernels", "fastalign.csrc", "fastalign.csrc.cuda"],
     package_data={
         "fastalign": ["assets/*.jsonl"],
         "fastalign.csrc": ["*.md", "*.sh", *_build_settings().SOURCE_GLOBS],

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
 
 import fastalign
 from fastalign.core import chunked
-from tests.head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
 
 
 def run_ce(inputs, impl, **options):

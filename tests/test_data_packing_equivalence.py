@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from data_helpers import demo_tokenizer
+from tiny_models import TINY_SHAPE
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastalign.data import CPTOptions, PackedCollator, PaddedCollator, build_cpt_dataset
 from fastalign.data.packing import pack_examples
-from tests.tiny_models import TINY_SHAPE
 
 IGNORE = -100
 PAD = 0

@@ -11,9 +11,9 @@ import peft
 import pytest
 import torch
 import transformers
+from tiny_models import TINY_SHAPE
 
 from fastalign.integrations.transformers import CausalLMLoss, apply_to_model, is_applied, remove_from_model
-from tests.tiny_models import TINY_SHAPE
 
 VOCAB = 256
 COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, pad_token_id=0, **TINY_SHAPE)

@@ -23,10 +23,10 @@ if trl.__version__ != "1.16.0":
         f"fastalign.integrations.trl is pinned to trl==1.16.0, found {trl.__version__}", allow_module_level=True
     )
 
+from tiny_models import TINY_SHAPE  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from fastalign.integrations import trl as fastalign_trl  # noqa: E402
-from tests.tiny_models import TINY_SHAPE  # noqa: E402
 
 PROMPTS = ["hello ", "what is up", "a b c", "good day ", "how are you", "tell me ", "one two", "yes or no"]
 CHOSEN = ["world.", " nothing", " d e", "sir", " fine thanks", "a story", " three", " yes"]

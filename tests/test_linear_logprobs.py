@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
 
 import fastalign
 from fastalign.core import chunked
 from fastalign.core.stats import LinearSoftmaxStats
-from tests.head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
 
 TRANSFORMS = [
     pytest.param({}, id="plain"),

@@ -8,12 +8,12 @@ rows, the rest swept and recomputed, in several phases of whole groups.
 import pytest
 import torch
 import torch.nn.functional as F
+from head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
 
 import fastalign
 from fastalign.core import chunked
 from fastalign.core.rows import group_rows, prepare_rows
 from fastalign.losses.fused import FusedLinearCPOLoss, FusedLinearDPOLoss, FusedLinearKTOLoss, FusedLinearORPOLoss
-from tests.head_cases import IMPLEMENTATIONS, TOLERANCE, assert_close, grads_of, make_inputs
 
 PAIRS, T, D, V = 3, 24, 16, 300
 

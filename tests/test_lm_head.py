@@ -11,10 +11,10 @@ import peft
 import pytest
 import torch
 import transformers
+from tiny_models import TINY_SHAPE
 
 from fastalign.lm_head import last_hidden_states, lm_head_of
 from fastalign.training.objectives import next_token_loss
-from tests.tiny_models import TINY_SHAPE
 
 VOCAB = 96
 COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, **TINY_SHAPE)

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from tiny_models import TINY_SHAPE
 
 from fastalign.config import AlignmentConfig, CPOOptions, DPOOptions, KTOOptions, ORPOOptions, RewardOptions
 from fastalign.data import PreferenceCollator, UnpairedCollator
 from fastalign.training import preference_objective
 from fastalign.training.preference import sequence_rewards
 from fastalign.training.reference import ReferencePolicy, precompute_reference_logps
-from tests.tiny_models import TINY_SHAPE
 
 VOCAB, PAD, EOS = 128, 0, 2
 TOL = dict(rtol=1e-5, atol=1e-6)

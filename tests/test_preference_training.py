@@ -14,13 +14,13 @@ import transformers
 import yaml
 from data_helpers import demo_tokenizer
 from test_preference_objectives import PAD, pair_rows, tiny_base, with_lora
+from tiny_models import TINY_SHAPE
 
 import fastalign.training.reference as reference_module
 from fastalign.config import AlignmentConfig, ConfigError, DPOOptions, load_config
 from fastalign.data import PreferenceCollator
 from fastalign.training import FastAlignTrainer, preference_objective, train
 from fastalign.training.recipe import reference_policy
-from tests.tiny_models import TINY_SHAPE
 
 PAIRS = [
     {"prompt": f"Question {i}: is the hub on?", "chosen": f" Yes, hub {i} is on.", "rejected": " Who knows."}

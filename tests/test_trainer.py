@@ -14,11 +14,11 @@ import peft
 import pytest
 import torch
 import transformers
+from tiny_models import TINY_SHAPE
 from transformers import TrainingArguments, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
 from fastalign.training import OBJECTIVES, FastAlignTrainer, NonFiniteLossError, Objective, next_token_loss
-from tests.tiny_models import TINY_SHAPE
 
 VOCAB, LENGTH = 64, 16
 

@@ -43,11 +43,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     expected = train(model_dir, str(tmp_path / "single"), per_device_batch=4)
     result = tmp_path / "distributed.pt"
     command = ["torchrun", "--standalone", "--nproc_per_node", "2", __file__, model_dir, str(result)]
-    # The workers import test_trainer (from tests/) and, through it, the tests package (from the repository root,
-    # as pytest's pythonpath setting does).
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    pythonpath = os.pathsep.join([tests_dir, os.path.dirname(tests_dir)])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    # The workers import test_trainer and its helpers from tests/, as pytest's pythonpath setting does.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-3000:]
     distributed = torch.load(result)

@@ -10,6 +10,7 @@ TRITON_INTERPRET=1), one program at a time in numpy, so shapes stay small: M <= 
 import pytest
 import torch
 import torch.nn.functional as F
+from head_cases import HeadInputs, assert_close, make_inputs
 
 from fastalign.core.head import LogitTransform
 from fastalign.core.reference import reference_stats
@@ -23,7 +24,6 @@ from fastalign.core.stats import (
     StatsRequest,
 )
 from fastalign.core.triton_backend import TritonBackend
-from tests.head_cases import HeadInputs, assert_close, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

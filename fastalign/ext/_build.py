@@ -1,6 +1,7 @@
 """How the C++/CUDA extension is compiled: its sources, flags and cache folder, and the JIT build itself.
 
-The sources live in ``csrc/`` at the top of the repository, shipped inside wheels as ``fastalign/csrc``:
+The sources live in ``csrc/`` at the top of the repository, seen from the package as ``fastalign/csrc`` (a symbolic
+link in a checkout, the copied files in a wheel):
 
     csrc/*.cpp       torch-side ops, their CPU twins and the op schemas   (always compiled, with -fopenmp)
     csrc/cuda/*.cu   torch-free CUDA kernels behind csrc/cuda/launch.h    (only when torch has CUDA and nvcc exists)
@@ -31,12 +32,11 @@ CUDA_DEFINE = "-DFASTALIGN_WITH_CUDA"
 
 
 def csrc_dir() -> Path:
-    """The folder holding the C++/CUDA sources: ``fastalign/csrc`` in a wheel, ``csrc/`` in a checkout."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "csrc", package.parent / "csrc"):
-        if (candidate / "library.cpp").is_file():
-            return candidate
-    raise FileNotFoundError(f"fastalign's C++ sources (csrc/library.cpp) are neither in {package} nor next to it")
+    """The folder holding the C++/CUDA sources, ``fastalign/csrc``."""
+    folder = Path(__file__).resolve().parent.parent / "csrc"
+    if not (folder / "library.cpp").is_file():
+        raise FileNotFoundError(f"fastalign's C++ sources are missing: no {folder / 'library.cpp'}")
+    return folder
 
 
 def cuda_toolkit_usable() -> bool:
