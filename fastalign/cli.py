@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastalign.known_warnings import silence_known_warnings
+
+    silence_known_warnings()
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -81,17 +81,14 @@ def load_model(config: ModelConfig, *, task: str = "causal_lm", pad_token_id: in
         # by disabling them) start from the previous stage's model. On a 4-bit base the merge is rounded to it.
         for adapter in config.adapters:
             model = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    checkpointing = {"use_reentrant": False}
     if quantization is not None:
         import peft
 
-        model = peft.prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing_kwargs=checkpointing,
-        )
-    elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        # Checkpointing is enabled below rather than by peft, which calls the name transformers 5.25 deprecated
+        # (with use_reentrant=False that is all peft would do for it).
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     if config.lora is not None:
         import peft
 
@@ -112,3 +109,16 @@ def _local_device() -> str:
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return "cpu"
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant, so frozen inputs need no grad).
+
+    transformers 5.25 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name
+    warns); older releases within fastalign's range have only the old one.
+    """
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)

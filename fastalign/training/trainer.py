@@ -11,6 +11,9 @@ DDP, progress bars — is transformers.Trainer's own. The subclass changes four 
   complete, so a crash mid-save leaves the previous checkpoint as the last one ``resume_from_checkpoint`` finds;
 - a ``NonFiniteGuard`` callback stops (or skips) an optimizer step whose loss or gradients are NaN/inf before the
   parameters are touched.
+
+The private parts of ``transformers.Trainer`` used here are listed in ``fastalign.compat.TRAINER_SEAMS`` and
+checked when this module is imported, so a transformers release that changes one fails here, by name.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from fastalign.compat import check_trainer_seams, require
 from fastalign.training.objectives import OBJECTIVES, Objective
+
+require("transformers", "fastalign's trainer")
+check_trainer_seams()
 
 STAGING_DIR = ".staging"
 
