@@ -563,7 +563,9 @@ def write_report(report: dict, filename: str, out: Path | None, device: str, qui
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / filename
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    scratch = path.with_name(path.name + ".tmp")  # then renamed: a run killed mid-write leaves the last whole file
+    scratch.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    scratch.replace(path)
     return path
 
 
@@ -749,6 +751,11 @@ def main(argv=None) -> int:
                 print(f"{mode_name}: {speed}{row['status']}", end="; ", flush=True)
             del results
             print(flush=True)
+            if args.out is not None:  # rewritten after every method: a run stopped by a time limit keeps its rows
+                partial = [{"method": n, "mode": m, **row} for (n, m), row in checked.items()]
+                write_report({"benchmark": "linear_ce", "complete": False, "device": device_name(cfg.device),
+                              "config": asdict(cfg), "rows": partial}, "linear_ce.json", args.out, cfg.device,
+                             cfg.quick)  # fmt: skip
     rows = [
         {"method": name, "mode": mode_name, **checked.get((name, mode_name), {"status": f"skipped: {loaded[name]}"})}
         for mode_name, name in cases
@@ -772,6 +779,7 @@ def main(argv=None) -> int:
     targets = check_targets(rows)
     report = {
         "benchmark": "linear_ce",
+        "complete": True,
         "device": device_name(cfg.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),

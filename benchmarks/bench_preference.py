@@ -574,10 +574,10 @@ def main(argv=None) -> int:
         del x  # each worker makes its own
 
     cases = [(n, loss, mode) for loss in losses for mode in modes for n in method_names if not skipped[n, loss]]
-    # CUDA: all in this process. CPU: one subprocess per case for a clean memory high-water mark; --quick: one per
-    # method (start-up and imports cost more than the tiny cases).
+    # CUDA: all in this process, one case at a time. CPU: one subprocess per case for a clean memory high-water mark;
+    # --quick: one per method (start-up and imports cost more than the tiny cases).
     if cfg.device == "cuda":
-        batches = [cases]
+        batches = [[c] for c in cases]
     elif cfg.quick:
         batches = [[c for c in cases if c[0] == name] for name in method_names]
     else:
@@ -601,6 +601,11 @@ def main(argv=None) -> int:
             )
             print(f"  {loss:<5} {mode:<10} {name:<16} {speed}{row['status']}", flush=True)
         del results
+        if args.out is not None:  # rewritten after every case: a run stopped by a time limit keeps its rows
+            partial = [{"loss": c[1], "mode": c[2], "method": c[0], **row} for c, row in checked.items()]
+            write_report({"benchmark": "preference", "complete": False, "device": device_name(cfg.device),
+                          "config": asdict(cfg), "rows": partial}, "preference.json", args.out, cfg.device,
+                         cfg.quick)  # fmt: skip
 
     rows = [
         {
@@ -625,6 +630,7 @@ def main(argv=None) -> int:
     targets = [] if cfg.quick else check_targets(rows, cfg.device)  # set for the default sizes, not tiny ones
     report = {
         "benchmark": "preference",
+        "complete": True,
         "device": device_name(cfg.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),

@@ -4,6 +4,7 @@
     python benchmarks/scaling.py --device cuda                 # Llama-3-8B head, bf16, N 1k..64k, V 32k..256k
     python benchmarks/scaling.py --device cuda --head gemma2-2b --only tokens   # another head (benchmarks/heads.py)
     python benchmarks/scaling.py --device cpu --from-json benchmarks/results/cpu/scaling.json   # re-plot only
+    python benchmarks/scaling.py --device cuda --time-budget 120 --point-timeout 25   # stops by itself in 120 s
 
 Each point is one `bench_linear_ce.py` run (subprocess, --modes frozen by default) writing its linear_ce.json under
 a scratch folder; the rows are gathered into scaling.json, and two PNGs are drawn next to it:
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +38,9 @@ SWEEPS = {
 DEFAULT_METHODS = "naive,torch_chunked,trl,liger,cce,fastalign_torch,fastalign_triton"
 
 
-def run_point(device: str, tokens: int, dim: int, vocab: int, args, scratch: Path) -> list[dict]:
+def run_point(device: str, tokens: int, dim: int, vocab: int, args, scratch: Path, timeout=None) -> list[dict]:
+    """One bench_linear_ce.py run; killed after ``timeout`` s (default --point-timeout), keeping the rows it wrote."""
+    timeout = args.point_timeout if timeout is None else timeout
     out = scratch / f"n{tokens}_d{dim}_v{vocab}"
     dtype, reps = SWEEPS[device][5], args.reps or SWEEPS[device][6]
     command = [sys.executable, str(HERE / "bench_linear_ce.py"), "--device", device, "--tokens", str(tokens),
@@ -49,11 +53,12 @@ def run_point(device: str, tokens: int, dim: int, vocab: int, args, scratch: Pat
     quiet = None if args.verbose else subprocess.DEVNULL
     process = subprocess.Popen(command, cwd=HERE, stdout=quiet, start_new_session=True)  # its own process group
     try:
-        process.wait(timeout=args.point_timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # the run and its worker subprocesses
         process.wait()
-        print(f"  N={tokens} V={vocab}: over --point-timeout {args.point_timeout} s, left out")
+        # bench_linear_ce.py rewrites its JSON after every method: the methods it finished are kept
+        print(f"  N={tokens} V={vocab}: over its time limit ({timeout:.0f} s), stopped")
     path = out / "linear_ce.json"
     if not path.is_file():
         print(f"  no result at N={tokens} V={vocab}")
@@ -121,7 +126,11 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=DEFAULT_METHODS, help="forwarded to bench_linear_ce.py (missing: skipped)")
     p.add_argument("--modes", default="frozen", help="forwarded to bench_linear_ce.py")
     p.add_argument("--reps", type=int, help="timed steps per point (default: cpu 2, cuda 5)")
-    p.add_argument("--point-timeout", type=float, help="seconds per size; a size over it is left out of the plots")
+    p.add_argument(
+        "--point-timeout", type=float, help="seconds per size; a size over it is stopped (what it finished stays)"
+    )
+    p.add_argument("--time-budget", type=float, help="seconds for the whole sweep: each size gets at most what is "
+                   "left, and none starts with under 15 s left (the JSON keeps what was measured)")  # fmt: skip
     p.add_argument("--only", choices=("tokens", "vocab"), help="run one sweep only")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/<device>/")
     p.add_argument("--from-json", type=Path, help="plot an existing scaling.json, run nothing")
@@ -142,12 +151,19 @@ def main(argv=None) -> int:
     if args.from_json:
         rows = json.loads(args.from_json.read_text())["rows"]
     else:
-        rows = []
+        rows, start = [], time.monotonic()
         points = [("tokens", n, fixed_vocab) for n in tokens if args.only != "vocab"]
         points += [("vocab", fixed_tokens, v) for v in vocabs if args.only != "tokens"]
         with tempfile.TemporaryDirectory(prefix="scaling_") as scratch:
             for sweep, n, v in points:
-                rows += [{"sweep": sweep, **r} for r in run_point(args.device, n, dim, v, args, Path(scratch))]
+                timeout = args.point_timeout
+                if args.time_budget is not None:
+                    left = args.time_budget - (time.monotonic() - start)
+                    if left < 15:
+                        print(f"--time-budget {args.time_budget:.0f} s: {left:.0f} s left; N={n} V={v} on left out")
+                        break
+                    timeout = left if timeout is None else min(timeout, left)
+                rows += [{"sweep": sweep, **r} for r in run_point(args.device, n, dim, v, args, Path(scratch), timeout)]
                 # written after every size, so a run stopped by a time limit keeps what it measured
                 (out / "scaling.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
         print(f"wrote {out / 'scaling.json'}")
