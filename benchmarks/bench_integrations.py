@@ -176,7 +176,9 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     modes = [m for m in args.modes if m != "trl"]
-    print(f"\nTRL 1.16.0 vs patch_trl(), CPU ({os.cpu_count()} cores, {args.threads} threads): {settings}\n")
+    import trl
+
+    print(f"\nTRL {trl.__version__} vs patch_trl(), CPU ({os.cpu_count()} cores, {args.threads} threads): {settings}\n")
     header = ["trainer", "TRL peak (MiB)", "TRL step (s)", "TRL step CPU (s)"]
     for mode in modes:
         header += [f"{mode} peak (MiB)", "memory ratio", f"{mode} step (s)", "speedup", "CPU (s)", "CPU speedup"]

@@ -1,4 +1,9 @@
-"""``fastalign.integrations.trl``: TRL 1.16's trainers give the same losses, metrics and updates when patched.
+"""``fastalign.integrations.trl``: TRL's trainers give the same losses, metrics and updates when patched.
+
+Run on each supported TRL (1.14.x, 1.15.x, 1.16.x; see the module docstring of ``fastalign.integrations.trl``).
+Where the installed TRL has no seam for a configuration (trl 1.14: DPO and KTO outside ``use_liger_kernel``, SFT
+outside ``loss_type="chunked_nll"``), the case asserts the documented fallback instead: TRL's own code, the same
+results, and one warning naming the TRL version.
 
 Each case trains a tiny Llama (vocab 256, hidden 32, 2 layers) for two SGD steps with and without ``patch_trl()``,
 from the same initial weights and data order, in float32 (``bf16=False``), and compares every logged value (same
@@ -8,7 +13,6 @@ relative and parameters at 1e-4 relative / 1e-5 absolute (two steps of SGD at lr
 """
 
 import copy
-import string
 import warnings
 from unittest import mock
 
@@ -16,32 +20,27 @@ import datasets
 import pytest
 import torch
 import transformers
+from packaging.version import Version
 
 trl = pytest.importorskip("trl")
-if trl.__version__ != "1.16.0":
+TRL_MINOR = Version(trl.__version__).release[:2]
+if not (1, 14) <= TRL_MINOR <= (1, 16):
     pytest.skip(
-        f"fastalign.integrations.trl is pinned to trl==1.16.0, found {trl.__version__}", allow_module_level=True
+        f"fastalign.integrations.trl supports trl 1.14 to 1.16, found {trl.__version__}", allow_module_level=True
     )
 
 from tiny_models import TINY_SHAPE  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from fastalign.integrations import trl as fastalign_trl  # noqa: E402
+from fastalign.integrations.trl import head, preference, seams, state  # noqa: E402
+from fastalign.integrations.trl.self_check import char_tokenizer  # noqa: E402
+
+# trl 1.14 scores DPO and KTO without logits only with use_liger_kernel=True, which refuses WPO
+TRL_1_14 = TRL_MINOR == (1, 14)
 
 PROMPTS = ["hello ", "what is up", "a b c", "good day ", "how are you", "tell me ", "one two", "yes or no"]
 CHOSEN = ["world.", " nothing", " d e", "sir", " fine thanks", "a story", " three", " yes"]
 REJECTED = ["there friend", " all", " x", "madam ok", " bad", "no", " ten twenty", " maybe not"]
-
-
-def char_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """One token per character: 4 special tokens and 31 characters, built in memory."""
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    vocab.update({c: i + 4 for i, c in enumerate(string.ascii_lowercase + " .,?!")})
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -117,23 +116,73 @@ def assert_same_training(expected, actual):
         torch.testing.assert_close(param, expected_param, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def compare(make_trainer, **patch_options):
+def compare(make_trainer, fused: bool = True, **patch_options):
+    """Train with and without the patch; ``fused``: fastalign scored the tokens with no fallback, else TRL's own
+    code ran and said so once, naming the TRL version."""
     expected = train(make_trainer, patched=False)
-    fastalign_trl._WARNED.clear()
-    with mock.patch.object(fastalign_trl, "linear_logprobs", wraps=fastalign_trl.linear_logprobs) as fused:
+    state.WARNED.clear()
+    with (
+        mock.patch.object(head, "linear_logprobs", wraps=head.linear_logprobs) as fused_head,
+        mock.patch.object(preference, "linear_logprobs", wraps=preference.linear_logprobs) as fused_preference,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         actual = train(make_trainer, patched=True, **patch_options)
-    assert fused.called and not fastalign_trl._WARNED  # fastalign scored the tokens; no fallback
+    ours = [str(w.message) for w in caught if "fastalign.integrations.trl" in str(w.message)]
+    if fused:
+        assert (fused_head.called or fused_preference.called) and not ours
+    else:
+        assert not (fused_head.called or fused_preference.called)
+        assert len(ours) == 1 and f"trl {trl.__version__}" in ours[0] and "is not fused" in ours[0], ours
     assert_same_training(expected, actual)
     return actual
 
 
-def dpo_trainer(base_model, tokenizer, **config):
+def on_fused_path(trainer):
+    """The trainer on the path its TRL has a seam for: trl 1.14's DPO / KTO take ``use_liger_kernel=True``'s path
+    (set on the built trainer, so that liger-kernel need not be installed: TRL reads only this attribute)."""
+    if TRL_1_14:
+        trainer.use_liger_kernel = True
+    return trainer
+
+
+def dpo_trainer(base_model, tokenizer, fused_path: bool = True, **config):
     def make():
-        return trl.DPOTrainer(
+        trainer = trl.DPOTrainer(
             model=copy.deepcopy(base_model),
             ref_model=copy.deepcopy(base_model),
             args=trl.DPOConfig(**common_args(**config)),
             train_dataset=preference_data(),
+            processing_class=tokenizer,
+        )
+        return on_fused_path(trainer) if fused_path else trainer
+
+    return make
+
+
+def kto_trainer(base_model, tokenizer, fused_path: bool = True):
+    def make():
+        trainer = trl.KTOTrainer(
+            model=copy.deepcopy(base_model),
+            ref_model=copy.deepcopy(base_model),
+            args=trl.KTOConfig(**common_args()),
+            train_dataset=unpaired_data(),
+            processing_class=tokenizer,
+        )
+        return on_fused_path(trainer) if fused_path else trainer
+
+    return make
+
+
+def sft_trainer(model, tokenizer, with_eval: bool = False, **config):
+    data = datasets.Dataset.from_dict({"text": [p + c for p, c in zip(PROMPTS, CHOSEN)]})
+
+    def make():
+        return trl.SFTTrainer(
+            model=copy.deepcopy(model),
+            args=trl.SFTConfig(**common_args(**config)),
+            train_dataset=data,
+            eval_dataset=data if with_eval else None,
             processing_class=tokenizer,
         )
 
@@ -152,7 +201,8 @@ def dpo_trainer(base_model, tokenizer, **config):
     ids=["sigmoid", "ipo", "sigmoid+sft", "precomputed-ref", "wpo"],
 )
 def test_dpo(base_model, tokenizer, config):
-    compare(dpo_trainer(base_model, tokenizer, **config))
+    wpo_on_1_14 = TRL_1_14 and config.get("use_weighting", False)  # no seam: TRL's full-logits path, a warning
+    compare(dpo_trainer(base_model, tokenizer, fused_path=not wpo_on_1_14, **config), fused=not wpo_on_1_14)
 
 
 def test_dpo_peft_lora_reference_by_disabled_adapter(base_model, tokenizer):
@@ -166,42 +216,31 @@ def test_dpo_peft_lora_reference_by_disabled_adapter(base_model, tokenizer):
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(std=0.1, generator=torch.Generator().manual_seed(1))
-        return trl.DPOTrainer(
+        trainer = trl.DPOTrainer(
             model=model,
             args=trl.DPOConfig(**common_args()),
             train_dataset=preference_data(),
             processing_class=tokenizer,
         )
+        return on_fused_path(trainer)
 
     compare(make)
 
 
 def test_kto(base_model, tokenizer):
-    def make():
-        return trl.KTOTrainer(
-            model=copy.deepcopy(base_model),
-            ref_model=copy.deepcopy(base_model),
-            args=trl.KTOConfig(**common_args()),
-            train_dataset=unpaired_data(),
-            processing_class=tokenizer,
-        )
+    compare(kto_trainer(base_model, tokenizer))
 
-    compare(make)
+
+@pytest.mark.parametrize("trainer", ["dpo", "kto"])
+def test_trl_1_14_dpo_kto_without_liger_run_trl_with_one_warning(base_model, tokenizer, trainer):
+    if not TRL_1_14:
+        pytest.skip("trl 1.15+ fuses DPO and KTO in every configuration: test_dpo and test_kto cover it")
+    make = dpo_trainer if trainer == "dpo" else kto_trainer
+    compare(make(base_model, tokenizer, fused_path=False), fused=False)
 
 
 def test_sft_and_eval_and_generation_still_get_logits(base_model, tokenizer):
-    data = datasets.Dataset.from_dict({"text": [p + c for p, c in zip(PROMPTS, CHOSEN)]})
-
-    def make():
-        return trl.SFTTrainer(
-            model=copy.deepcopy(base_model),
-            args=trl.SFTConfig(**common_args()),
-            train_dataset=data,
-            eval_dataset=data,
-            processing_class=tokenizer,
-        )
-
-    _, model, trainer = compare(make)
+    _, model, trainer = compare(sft_trainer(base_model, tokenizer, with_eval=True))
     fastalign_trl.patch_trl()
     try:
         metrics = trainer.evaluate()
@@ -211,6 +250,12 @@ def test_sft_and_eval_and_generation_still_get_logits(base_model, tokenizer):
         assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 7)
     finally:
         fastalign_trl.unpatch_trl()
+
+
+@pytest.mark.parametrize("loss_type", ["nll", "dft"])
+def test_sft_loss_types(base_model, tokenizer, loss_type):
+    """Fused on trl 1.15+; trl 1.14 computes them with full logits (only "chunked_nll" has a seam) and says so."""
+    compare(sft_trainer(base_model, tokenizer, loss_type=loss_type), fused=not TRL_1_14)
 
 
 @pytest.mark.parametrize("kind", ["orpo", "cpo-sigmoid", "cpo-simpo"])
@@ -243,36 +288,31 @@ def test_inexact_metrics_skip_the_metric_sweep(base_model, tokenizer):
     expected = train(dpo_trainer(base_model, tokenizer), patched=False)
     logs, model, _ = train(dpo_trainer(base_model, tokenizer), patched=True, exact_metrics=False)
     assert logs[0]["loss"] == pytest.approx(expected[0][0]["loss"], rel=1e-5)
-    assert logs[0]["logits/chosen"] != logs[0]["logits/chosen"]  # NaN: not computed
+    assert expected[0][0]["entropy"] == expected[0][0]["entropy"]  # TRL's own: a number
+    assert logs[0]["entropy"] != logs[0]["entropy"]  # NaN: not computed
+
+
+def current(seam):
+    owner, name = seams.resolve(seam, trl.__version__)
+    return owner.__dict__[name]
 
 
 def test_unpatch_restores_the_very_same_objects():
-    from trl.experimental.cpo import CPOTrainer
-    from trl.experimental.orpo import ORPOTrainer
-    from trl.trainer import dpo_trainer, kto_trainer, sft_trainer, utils
-
-    before = [m.add_fused_lm_head for m in (dpo_trainer, kto_trainer, sft_trainer)]
-    methods = [ORPOTrainer.__dict__["concatenated_forward"], CPOTrainer.__dict__["concatenated_forward"]]
+    layout, supported = seams.layout_for(trl.__version__)
+    assert supported and layout is (seams.CHUNKED if TRL_1_14 else seams.FUSED_HEAD)
+    replaced = [seam for seam in layout.seams if seam.replace is not None]
+    before = [current(seam) for seam in replaced]
     fastalign_trl.patch_trl()
     assert fastalign_trl.is_patched()
-    assert dpo_trainer.add_fused_lm_head is not utils.add_fused_lm_head
-    assert ORPOTrainer.__dict__["concatenated_forward"] is not methods[0]
+    assert all(current(seam) is not original for seam, original in zip(replaced, before))
     fastalign_trl.patch_trl()  # idempotent
     fastalign_trl.unpatch_trl()
     assert not fastalign_trl.is_patched()
-    assert [m.add_fused_lm_head for m in (dpo_trainer, kto_trainer, sft_trainer)] == before
-    assert all(f is utils.add_fused_lm_head for f in before)
-    assert [ORPOTrainer.__dict__["concatenated_forward"], CPOTrainer.__dict__["concatenated_forward"]] == methods
+    assert all(current(seam) is original for seam, original in zip(replaced, before))
+    if not TRL_1_14:
+        from trl.trainer import dpo_trainer, kto_trainer, sft_trainer, utils
 
-
-def test_other_trl_versions_are_refused_or_warned(monkeypatch):
-    monkeypatch.setattr(trl, "__version__", "1.17.0")
-    with pytest.raises(RuntimeError, match="1.16.0"):
-        fastalign_trl.patch_trl()
-    assert not fastalign_trl.is_patched()
-    with pytest.warns(UserWarning, match="1.16.0"):
-        fastalign_trl.patch_trl(strict_version=False)
-    fastalign_trl.unpatch_trl()
+        assert all(m.add_fused_lm_head is utils.add_fused_lm_head for m in (dpo_trainer, kto_trainer, sft_trainer))
 
 
 def test_unsupported_model_falls_back_to_trl_with_one_warning(tokenizer):
@@ -291,21 +331,14 @@ def test_unsupported_model_falls_back_to_trl_with_one_warning(tokenizer):
         pad_token_id=0,
     )
     moe = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    data = datasets.Dataset.from_dict({"text": [p + c for p, c in zip(PROMPTS, CHOSEN)]})
-
-    def make():
-        return trl.SFTTrainer(
-            model=copy.deepcopy(moe),
-            args=trl.SFTConfig(**common_args()),
-            train_dataset=data,
-            processing_class=tokenizer,
-        )
+    make = sft_trainer(moe, tokenizer)
 
     expected = train(make, patched=False)
-    fastalign_trl._WARNED.clear()
+    state.WARNED.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         actual = train(make, patched=True)
     ours = [w for w in caught if "fastalign.integrations.trl" in str(w.message)]
-    assert len(ours) == 1 and "TRL's own fused LM head" in str(ours[0].message)
+    head_name = "chunked LM head" if TRL_1_14 else "fused LM head"
+    assert len(ours) == 1 and f"TRL's own {head_name}" in str(ours[0].message)
     assert_same_training(expected, actual)
